@@ -1,0 +1,2 @@
+"""BR-MRS on PyTorch Geometric."""
+__version__ = "0.1.0"

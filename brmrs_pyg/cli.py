@@ -1,0 +1,117 @@
+r"""The command line of ``run.py`` (DESIGN.md section 4)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from brmrs_pyg.config import Config, ConfigError, RunConfig, describe_keys, resolve
+from brmrs_pyg.data.cards import available_cards, load_card
+from brmrs_pyg.data.errors import DataError
+from brmrs_pyg.pipeline import Paths, out_dir_of, run
+from brmrs_pyg.recommenders import MODELS
+from brmrs_pyg.train import TrainingError
+
+log = logging.getLogger("brmrs_pyg")
+
+#: Flags of the command line and the config keys they set.
+FLAGS = {"dataset": str, "model": str, "data_dir": str, "seed": int, "epochs": int, "out": str}
+
+
+def build_parser(paths: Paths) -> argparse.ArgumentParser:
+    r"""The argument parser; its help lists every config key of every model."""
+    parser = argparse.ArgumentParser(
+        prog="run.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train and evaluate a recommender. With no arguments: LightGCN on the "
+                    "embedded synthetic dataset (generated on first use).",
+        epilog=_keys_help(paths))
+    parser.add_argument("--dataset", metavar="NAME",
+                        help="dataset card datasets/NAME.yaml (available: "
+                             f"{', '.join(available_cards(paths.dataset_cards))})")
+    parser.add_argument("--model", metavar="NAME",
+                        help=f"model (available: {', '.join(MODELS.names())})")
+    parser.add_argument("--data-dir", metavar="DIR", dest="data_dir",
+                        help="folder with the dataset files (default: datasets/NAME/)")
+    parser.add_argument("--seed", type=int, metavar="S", help="random seed (default: 999)")
+    parser.add_argument("--epochs", type=int, metavar="N",
+                        help="maximum training epochs (default: 1000; early stopping applies)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="output folder (default: runs/<dataset>-<model>-s<seed>-<time>)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="any config key below, e.g. lr=0.0005 save_topk=true")
+    return parser
+
+
+def _keys_help(paths: Paths) -> str:
+    lines = ["config keys (key=value; precedence: defaults < dataset card < model card "
+             "< key=value < flags):"]
+    lines += [f"  {name:<16} {typ:<5} {default!r:<12} {text}"
+              for name, typ, default, text in describe_keys(RunConfig)]
+    for name in MODELS.names():
+        lines.append(f"model keys of {name} (defaults before models/{name}.yaml):")
+        keys = describe_keys(MODELS.get(name).Params)
+        lines += [f"  {key:<16} {typ:<5} {default!r:<12} {text}"
+                  for key, typ, default, text in keys] or ["  (none)"]
+    return "\n".join(lines)
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, str]:
+    r"""``["lr=0.01", ...]`` -> ``{"lr": "0.01", ...}``; anything else is a ConfigError."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected key=value, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def model_card_defaults(name: str, paths: Paths) -> tuple[str, dict[str, Any]]:
+    r"""The ``defaults:`` of ``models/<name>.yaml`` (empty when the model has no card)."""
+    path = paths.model_cards / f"{name}.yaml"
+    if not path.is_file():
+        return str(path), {}
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict) or set(raw) - {"defaults", "grid", "description"}:
+        raise ConfigError(f"{path}: a model card has keys defaults, grid and description only")
+    return str(path), dict(raw.get("defaults") or {})
+
+
+def resolve_config(args: argparse.Namespace, paths: Paths) -> Config:
+    r"""Layers defaults, the dataset card, the model card and the command line."""
+    cli = parse_overrides(args.overrides)
+    flags = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
+    dataset = flags.get("dataset", cli.get("dataset", RunConfig.dataset))
+    model = flags.get("model", cli.get("model", RunConfig.model))
+    model_cls = MODELS.get(model)
+    card = load_card(dataset, paths.dataset_cards)
+    card_path, model_defaults = model_card_defaults(model, paths)
+    return resolve([(f"dataset card {card.path}", card.config),
+                    (f"model card {card_path}", model_defaults),
+                    ("command line", cli), ("command-line flags", flags)], model_cls.Params)
+
+
+def main(argv: Sequence[str] | None = None, root: Path | None = None) -> int:
+    r"""Entry point of ``run.py``; returns the process exit code."""
+    paths = Paths(root or Path.cwd())
+    args = build_parser(paths).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    try:
+        config = resolve_config(args, paths)
+        out_dir = out_dir_of(config, paths)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(out_dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.info("output folder %s", out_dir)
+        run(config, paths, out_dir)
+    except (ConfigError, DataError, KeyError, TrainingError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 0

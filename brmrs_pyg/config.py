@@ -1,0 +1,139 @@
+r"""Strict, typed run configuration.
+
+A configuration is resolved once, in layers, each overriding the one before:
+
+    defaults (the dataclasses below) <- dataset card ``config:`` <- model card ``defaults:``
+    <- command-line ``key=value`` <- command-line flags (``--seed`` ...)
+
+Every key is a field of :class:`RunConfig` or of the chosen model's ``Params`` dataclass.
+An unknown key or a value of the wrong type raises :class:`ConfigError`, naming where the
+key came from and listing the valid keys. Components never receive the config object: the
+pipeline unpacks it into their explicit arguments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+
+#: Metrics and cut-offs reported for every run (MMRec's protocol, DESIGN.md section 4).
+METRIC_NAMES = ("recall", "ndcg", "precision", "map")
+TOPKS = (5, 10, 20, 50)
+
+
+class ConfigError(ValueError):
+    r"""A configuration key or value that cannot be used, with the reason and the valid keys."""
+
+
+def option(default: Any, help: str) -> Any:
+    r"""A dataclass field with a help text (shown by ``run.py --help``)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    r"""Keys shared by every model: data, graph, training loop and evaluation."""
+
+    dataset: str = option("synthetic", "dataset card name, datasets/<name>.yaml")
+    model: str = option("lightgcn", "model name, see models/<name>.yaml")
+    data_dir: str = option("", "folder with the dataset files (default: datasets/<dataset>/)")
+    modalities: str = option("", "comma-separated modalities to use (default: the card's)")
+    seed: int = option(999, "random seed for torch, numpy and python")
+    epochs: int = option(1000, "maximum number of training epochs")
+    out: str = option("", "output folder (default: runs/<dataset>-<model>-s<seed>-<time>)")
+    device: str = option("auto", "'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
+    threads: int = option(0, "torch CPU threads (0: torch's default)")
+    embedding_dim: int = option(64, "embedding size of users and items")
+    batch_size: int = option(2048, "training triples per batch")
+    lr: float = option(1e-3, "Adam learning rate")
+    patience: int = option(20, "epochs without valid improvement before stopping")
+    valid_metric: str = option("recall@20", "metric for early stopping and model selection")
+    eval_batch_size: int = option(4096, "users scored at once during full-ranking evaluation")
+    knn_k: int = option(10, "neighbours per item in each modality's item-item kNN graph")
+    cache_dir: str = option("", "graph cache folder (default: ~/.cache/brmrs_pyg)")
+    save_topk: bool = option(False, "write each test user's top-50 items to <out>/topk_test.tsv")
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "embedding_dim", "batch_size", "patience", "eval_batch_size",
+                    "knn_k"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0, got {self.threads}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        name, _, k = self.valid_metric.partition("@")
+        if name not in METRIC_NAMES or not k.isdigit() or int(k) not in TOPKS:
+            raise ConfigError(f"valid_metric={self.valid_metric!r}: expected <metric>@<K> with "
+                              f"metric in {METRIC_NAMES} and K in {TOPKS}")
+
+
+@dataclass(frozen=True)
+class Config:
+    r"""A resolved configuration: the shared keys and the model's hyperparameters."""
+
+    run: RunConfig
+    model: Any  # an instance of the chosen model's ``Params`` dataclass
+
+    def flat(self) -> dict[str, Any]:
+        r"""All keys in one dict, as saved in ``results.json`` and checkpoints."""
+        return {**dataclasses.asdict(self.run), **dataclasses.asdict(self.model)}
+
+
+def describe_keys(cls: type) -> list[tuple[str, str, Any, str]]:
+    r"""``(name, type name, default, help)`` for every field of a config dataclass."""
+    hints = typing.get_type_hints(cls)
+    return [(f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), f.default,
+             f.metadata.get("help", "")) for f in dataclasses.fields(cls)]
+
+
+def coerce(key: str, value: Any, typ: type, source: str) -> Any:
+    r"""Converts ``value`` (a YAML value, or a string from the command line) to ``typ``."""
+    if isinstance(value, str) and typ is not str:
+        text = value.strip()
+        if typ is bool:
+            if text.lower() in ("true", "1", "yes", "on"):
+                return True
+            if text.lower() in ("false", "0", "no", "off"):
+                return False
+        else:
+            try:
+                return typ(text)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}={value!r} ({source}): expected a value of type {typ.__name__}")
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is bool and not isinstance(value, bool) or not isinstance(value, typ) or (
+            typ is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{key}={value!r} ({source}): expected a value of type {typ.__name__}, "
+                          f"got {type(value).__name__}")
+    return value
+
+
+def resolve(layers: Sequence[tuple[str, Mapping[str, Any]]], params_cls: type) -> Config:
+    r"""Applies override ``layers`` (``(source, {key: value})``, later wins) to the defaults.
+
+    Args:
+        layers (list): Overrides in increasing priority; ``source`` names where they came from
+            (a card path, ``"command line"``) for error messages.
+        params_cls (type): The model's hyperparameter dataclass.
+    """
+    run_types = typing.get_type_hints(RunConfig)
+    model_types = typing.get_type_hints(params_cls)
+    clash = set(run_types) & set(model_types)
+    assert not clash, f"{params_cls.__qualname__} redefines shared keys {sorted(clash)}"
+    run_values: dict[str, Any] = {}
+    model_values: dict[str, Any] = {}
+    for source, overrides in layers:
+        for key, value in overrides.items():
+            if key in run_types:
+                run_values[key] = coerce(key, value, run_types[key], source)
+            elif key in model_types:
+                model_values[key] = coerce(key, value, model_types[key], source)
+            else:
+                valid = ", ".join(sorted(run_types) + sorted(model_types))
+                raise ConfigError(f"unknown key {key!r} ({source}); valid keys: {valid}")
+    return Config(run=RunConfig(**run_values), model=params_cls(**model_values))

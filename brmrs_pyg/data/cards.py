@@ -1,0 +1,137 @@
+r"""Dataset cards: ``datasets/<name>.yaml`` names a dataset's files and modalities.
+
+A card is data, never code: a new dataset in MMRec format is a card plus its files.
+
+.. code-block:: yaml
+
+    name: lfm2k
+    inter: lfm2k.inter               # tab-separated interactions with x_label
+    modalities:                      # name -> .npy file, row i = item i
+      text: {file: text_feat.npy, dim: 384}
+      whisper: {file: whisper.npy, dim: 512}
+    default_modalities: [text, whisper]   # optional; default: all
+    expected: {users: 1858, items: 1425, interactions: 56345}  # optional checks
+    config: {knn_k: 10}              # optional run-config overrides for this dataset
+    source: where users get the files (shown when they are missing)
+    generator: {...}                 # optional: synthetic data generated on first use
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from brmrs_pyg.data.errors import DataError
+
+_CARD_KEYS = {"name", "description", "inter", "modalities", "default_modalities", "expected",
+              "config", "source", "generator"}
+_EXPECTED_KEYS = {"users", "items", "interactions"}
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    r"""One modality: its name, feature file and (optionally) the expected feature width."""
+
+    name: str
+    file: str
+    dim: int | None = None
+
+
+@dataclass(frozen=True)
+class DatasetCard:
+    r"""A parsed dataset card (see the module docstring for the YAML layout)."""
+
+    name: str
+    inter: str
+    modalities: tuple[ModalitySpec, ...]
+    default_modalities: tuple[str, ...]
+    source: str
+    path: Path
+    description: str = ""
+    expected: dict[str, int] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    generator: dict[str, Any] | None = None
+
+    def files(self) -> list[str]:
+        r"""Every file the card names, interactions first."""
+        return [self.inter] + [m.file for m in self.modalities]
+
+    def select(self, names: str) -> tuple[ModalitySpec, ...]:
+        r"""The modalities named in a comma-separated list (empty: the card's default set)."""
+        wanted = [n.strip() for n in names.split(",") if n.strip()] or list(
+            self.default_modalities)
+        known = {m.name: m for m in self.modalities}
+        unknown = [n for n in wanted if n not in known]
+        if unknown:
+            raise DataError(f"dataset {self.name!r} has no modality {', '.join(unknown)}; "
+                            f"available: {', '.join(known)}")
+        return tuple(known[n] for n in wanted)
+
+
+def available_cards(cards_dir: Path) -> list[str]:
+    r"""Names of the cards in ``cards_dir``."""
+    return sorted(p.stem for p in Path(cards_dir).glob("*.yaml"))
+
+
+def load_card(name: str, cards_dir: Path) -> DatasetCard:
+    r"""Reads and checks ``cards_dir/<name>.yaml``.
+
+    Args:
+        name (str): Dataset name.
+        cards_dir (Path): Folder holding the cards (the repository's ``datasets/``).
+    """
+    path = Path(cards_dir) / f"{name}.yaml"
+    if not path.is_file():
+        raise DataError(f"no dataset card {path}; available datasets: "
+                        f"{', '.join(available_cards(cards_dir)) or '(none)'}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise DataError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
+    unknown = set(raw) - _CARD_KEYS
+    if unknown:
+        raise DataError(f"{path}: unknown keys {sorted(unknown)}; valid keys: "
+                        f"{sorted(_CARD_KEYS)}")
+    for key in ("inter", "modalities", "source"):
+        if key not in raw:
+            raise DataError(f"{path}: missing required key {key!r}")
+    if raw.get("name", name) != name:
+        raise DataError(f"{path}: name {raw['name']!r} differs from the file name {name!r}")
+    modalities = _parse_modalities(raw["modalities"], path)
+    default = raw.get("default_modalities", [m.name for m in modalities])
+    if not isinstance(default, list) or not set(default) <= {m.name for m in modalities}:
+        raise DataError(f"{path}: default_modalities must be a list of names from modalities "
+                        f"({', '.join(m.name for m in modalities)})")
+    expected = raw.get("expected") or {}
+    if not isinstance(expected, dict) or set(expected) - _EXPECTED_KEYS or not all(
+            isinstance(v, int) for v in expected.values()):
+        raise DataError(f"{path}: expected must map some of {sorted(_EXPECTED_KEYS)} to integers")
+    config = raw.get("config") or {}
+    generator = raw.get("generator")
+    if not isinstance(config, dict) or (generator is not None and not isinstance(generator, dict)):
+        raise DataError(f"{path}: config and generator must be mappings")
+    return DatasetCard(name=name, inter=str(raw["inter"]), modalities=modalities,
+                       default_modalities=tuple(default), source=str(raw["source"]).strip(),
+                       path=path, description=str(raw.get("description", "")).strip(),
+                       expected=expected, config=config, generator=generator)
+
+
+def _parse_modalities(raw: Any, path: Path) -> tuple[ModalitySpec, ...]:
+    if not isinstance(raw, dict) or not raw:
+        raise DataError(f"{path}: modalities must map each modality name to its .npy file")
+    specs = []
+    for name, value in raw.items():
+        if isinstance(value, str):
+            value = {"file": value}
+        if not isinstance(value, dict) or "file" not in value or set(value) - {"file", "dim"}:
+            raise DataError(f"{path}: modality {name!r} must be a file name or "
+                            "{file: NAME, dim: INT}")
+        dim = value.get("dim")
+        if dim is not None and (not isinstance(dim, int) or dim < 1):
+            raise DataError(f"{path}: modality {name!r}: dim must be a positive integer")
+        specs.append(ModalitySpec(name=str(name), file=str(value["file"]), dim=dim))
+    return tuple(specs)

@@ -1,0 +1,240 @@
+r"""Reader and validator for the MMRec data format (DESIGN.md section 2).
+
+A dataset folder holds ``<name>.inter`` (tab-separated, header with ``userID``, ``itemID``,
+``x_label``; 0 train, 1 valid, 2 test; other columns ignored) and one ``.npy`` feature matrix
+per modality whose row ``i`` describes item ``i``. Every problem raises :class:`DataError`
+naming the file, the line or row, and what was expected.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from brmrs_pyg.data.cards import DatasetCard, ModalitySpec
+from brmrs_pyg.data.errors import DataError, MissingFilesError
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
+SPLITS = {0: "train", 1: "valid", 2: "test"}
+
+
+@dataclass
+class InteractionData:
+    r"""A validated dataset: interactions per split and item features per modality.
+
+    Shapes:
+        - **train**, **valid**, **test**: :math:`(2, |E_{split}|)`, rows (user id, item id).
+        - **features[m]**: :math:`(|\mathcal{I}|, d_m)`, float32.
+    """
+
+    name: str
+    num_users: int
+    num_items: int
+    train: Tensor
+    valid: Tensor
+    test: Tensor
+    features: dict[str, Tensor]
+
+    def split(self, name: str) -> Tensor:
+        r"""The interactions of split ``"train"``, ``"valid"`` or ``"test"``."""
+        return {"train": self.train, "valid": self.valid, "test": self.test}[name]
+
+    def stats(self) -> dict[str, object]:
+        r"""Sizes, as written to ``results.json``."""
+        n = self.train.size(1) + self.valid.size(1) + self.test.size(1)
+        return {
+            "name": self.name, "num_users": self.num_users, "num_items": self.num_items,
+            "num_interactions": n, "num_train": self.train.size(1),
+            "num_valid": self.valid.size(1), "num_test": self.test.size(1),
+            "density": n / (self.num_users * self.num_items),
+            "modalities": {m: int(x.size(1)) for m, x in self.features.items()},
+        }
+
+
+def read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Reads an MMRec ``.inter`` file.
+
+    Returns:
+        ``(users, items, labels)``, int64 arrays of equal length.
+    """
+    path = Path(path)
+    with open(path, encoding="utf-8", errors="strict") as handle:
+        try:
+            lines = handle.read().splitlines()
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not a UTF-8 text file ({exc.reason} at byte "
+                            f"{exc.start})") from None
+    if not lines or not lines[0].strip():
+        raise DataError(f"{path}: empty file; expected a tab-separated header with columns "
+                        f"{', '.join(REQUIRED_COLUMNS)}")
+    header = lines[0].rstrip("\r").split("\t")
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        hint = ""
+        for sep, sep_name in ((",", "comma"), (";", "semicolon"), (" ", "space")):
+            if sep in lines[0] and "\t" not in lines[0]:
+                hint = f" (the header looks {sep_name}-separated; columns must be tab-separated)"
+                break
+        raise DataError(f"{path}, line 1: header {lines[0]!r} lacks column(s) "
+                        f"{', '.join(missing)}{hint}; expected a tab-separated header with "
+                        f"{', '.join(REQUIRED_COLUMNS)}")
+    cols = [header.index(c) for c in REQUIRED_COLUMNS]
+    rows = [line.rstrip("\r") for line in lines[1:]]
+    while rows and not rows[-1].strip():
+        rows.pop()
+    if not rows:
+        raise DataError(f"{path}: no interactions after the header")
+    values = np.empty((len(rows), 3), dtype=np.int64)
+    width = len(header)
+    for n, line in enumerate(rows):
+        fields = line.split("\t")
+        if len(fields) != width:
+            raise DataError(f"{path}, line {n + 2}: {len(fields)} tab-separated fields, the "
+                            f"header has {width}: {line[:80]!r}")
+        for j, c in enumerate(cols):
+            text = fields[c].strip()
+            if not (text.isascii() and text.isdigit()):
+                raise DataError(f"{path}, line {n + 2}, column {header[c]}: expected a "
+                                f"non-negative integer, got {text!r}")
+            values[n, j] = int(text)
+    bad = np.flatnonzero(~np.isin(values[:, 2], list(SPLITS)))
+    if bad.size:
+        raise DataError(f"{path}, line {bad[0] + 2}: unknown x_label {values[bad[0], 2]} "
+                        f"({bad.size} rows); expected 0 (train), 1 (valid) or 2 (test)")
+    return values[:, 0], values[:, 1], values[:, 2]
+
+
+def read_features(path: Path, name: str, dim: int | None = None) -> np.ndarray:
+    r"""Loads one modality's ``.npy`` matrix as float32 and checks shape and values."""
+    path = Path(path)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read modality {name!r} as a .npy array: {exc}") from None
+    if array.ndim != 2:
+        raise DataError(f"{path}: modality {name!r} must be a 2-D matrix (items x features), "
+                        f"got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise DataError(f"{path}: modality {name!r} has dtype {array.dtype}; expected numbers")
+    if dim is not None and array.shape[1] != dim:
+        raise DataError(f"{path}: modality {name!r} has {array.shape[1]} columns, the dataset "
+                        f"card says {dim}")
+    array = array.astype(np.float32, copy=False)
+    finite = np.isfinite(array).all(axis=1)
+    if not finite.all():
+        rows = np.flatnonzero(~finite)
+        raise DataError(f"{path}: modality {name!r} has NaN or inf in {rows.size} rows, first "
+                        f"row {rows[0]} (item {rows[0]})")
+    return array
+
+
+def check_files(card: DatasetCard, data_dir: Path, modalities: tuple[ModalitySpec, ...]) -> None:
+    r"""Raises :class:`MissingFilesError` listing every expected file when any is absent."""
+    needed = [card.inter] + [m.file for m in modalities]
+    missing = [f for f in needed if not (data_dir / f).is_file()]
+    if not missing:
+        return
+    rows = card.expected.get("items")
+    lines = [f"  {card.inter}: tab-separated userID, itemID, x_label (0 train, 1 valid, 2 test)"
+             + (f", {card.expected['interactions']:,} rows" if "interactions" in card.expected
+                else "")]
+    for m in modalities:
+        shape = f"{rows if rows else 'items'} x {m.dim if m.dim else 'd'}"
+        lines.append(f"  {m.file}: modality {m.name!r}, float .npy matrix of shape {shape}")
+    raise MissingFilesError(
+        f"dataset {card.name!r}: missing {', '.join(missing)} in {data_dir}/\n"
+        f"Expected files:\n" + "\n".join(lines) + "\n"
+        f"Where to get them:\n  " + card.source.replace("\n", "\n  ") + "\n"
+        f"Put them in {data_dir}/ or pass --data-dir DIR pointing at a folder that has them.")
+
+
+def load_dataset(card: DatasetCard, data_dir: Path, modalities: str = "") -> InteractionData:
+    r"""Reads and validates a dataset described by ``card`` from ``data_dir``.
+
+    Args:
+        card (DatasetCard): The dataset card.
+        data_dir (Path): Folder with the card's files.
+        modalities (str, optional): Comma-separated subset of modalities (default: the
+            card's default set).
+    """
+    data_dir = Path(data_dir)
+    specs = card.select(modalities)
+    check_files(card, data_dir, specs)
+    inter_path = data_dir / card.inter
+    users, items, labels = read_inter(inter_path)
+    features = {m.name: read_features(data_dir / m.file, m.name, m.dim) for m in specs}
+    num_users = int(users.max()) + 1
+    num_items = _num_items(items, features, inter_path, data_dir, specs)
+    _check_expected(card, num_users, num_items, len(users))
+    _check_pairs(users, items, labels, num_items, inter_path)
+    _check_users(users, labels, num_users, num_items, inter_path)
+    edges = {s: torch.from_numpy(np.stack([users[labels == k], items[labels == k]]))
+             for k, s in SPLITS.items()}
+    return InteractionData(name=card.name, num_users=num_users, num_items=num_items,
+                           train=edges["train"], valid=edges["valid"], test=edges["test"],
+                           features={m: torch.from_numpy(x) for m, x in features.items()})
+
+
+def _num_items(items: np.ndarray, features: dict[str, np.ndarray], inter_path: Path,
+               data_dir: Path, specs: tuple[ModalitySpec, ...]) -> int:
+    num_items = int(items.max()) + 1
+    if not features:
+        return num_items
+    row_counts = {m.file: features[m.name].shape[0] for m in specs}
+    if len(set(row_counts.values())) > 1:
+        raise DataError(f"{data_dir}: feature files disagree on the number of items: "
+                        + ", ".join(f"{f} has {r} rows" for f, r in row_counts.items()))
+    rows = next(iter(row_counts.values()))
+    if rows < num_items:
+        line = int(np.argmax(items >= rows)) + 2
+        raise DataError(f"{inter_path}, line {line}: item id {items[line - 2]} is out of range: "
+                        f"the feature files have {rows} rows (items 0..{rows - 1})")
+    if rows > num_items:
+        log.warning("%s: %d items have features but no interaction", data_dir, rows - num_items)
+    return rows
+
+
+def _check_expected(card: DatasetCard, num_users: int, num_items: int, n: int) -> None:
+    found = {"users": num_users, "items": num_items, "interactions": n}
+    wrong = [f"{k}: card expects {v:,}, files have {found[k]:,}"
+             for k, v in card.expected.items() if found[k] != v]
+    if wrong:
+        raise DataError(f"dataset {card.name!r} does not match its card {card.path} ("
+                        + "; ".join(wrong) + "); the files are a different version of the "
+                        "data set, or the card is wrong")
+
+
+def _check_pairs(users: np.ndarray, items: np.ndarray, labels: np.ndarray, num_items: int,
+                 path: Path) -> None:
+    keys = users * num_items + items
+    order = np.argsort(keys, kind="stable")
+    dup = np.flatnonzero(keys[order][1:] == keys[order][:-1])
+    if dup.size:
+        a, b = order[dup[0]], order[dup[0] + 1]
+        raise DataError(f"{path}, lines {a + 2} and {b + 2}: user {users[a]} and item {items[a]} "
+                        f"appear twice ({SPLITS[labels[a]]} and {SPLITS[labels[b]]}); "
+                        f"{dup.size} duplicated pairs in all. Each pair must occur once")
+    for k, split in SPLITS.items():
+        if not (labels == k).any():
+            raise DataError(f"{path}: the {split} split is empty (no row with x_label {k})")
+
+
+def _check_users(users: np.ndarray, labels: np.ndarray, num_users: int, num_items: int,
+                 path: Path) -> None:
+    train_degree = np.bincount(users[labels == 0], minlength=num_users)
+    cold = np.flatnonzero(train_degree == 0)
+    if cold.size:
+        listed = ", ".join(map(str, cold[:10])) + (" ..." if cold.size > 10 else "")
+        raise DataError(f"{path}: {cold.size} user id(s) in 0..{num_users - 1} have no training "
+                        f"interaction: {listed}. User ids must be contiguous and every user "
+                        f"needs at least one x_label 0 row")
+    full = np.flatnonzero(train_degree >= num_items)
+    if full.size:
+        raise DataError(f"{path}: user {full[0]} has interacted with every item in training; "
+                        f"no negative item can be sampled for that user")

@@ -1,0 +1,136 @@
+r"""Full-ranking evaluation with MMRec's protocol (DESIGN.md section 4).
+
+Every eligible user is scored against every item; the user's training items are masked out
+(for valid and for test); users with no training interaction or no held-out item in the split
+are skipped. Metrics at :math:`K`, for a user with held-out set :math:`T` and top-:math:`K`
+hits :math:`h_1..h_K \in \{0,1\}`:
+
+.. math::
+    \text{Recall@}K = \frac{\sum_r h_r}{|T|}, \quad
+    \text{NDCG@}K = \frac{\sum_r h_r / \log_2(r+1)}{\sum_{r=1}^{\min(|T|,K)} 1/\log_2(r+1)},
+
+.. math::
+    \text{Precision@}K = \frac{\sum_r h_r}{K}, \quad
+    \text{MAP@}K = \frac{1}{\min(|T|,K)} \sum_r h_r \cdot \text{Precision@}r,
+
+each averaged over users. Users are scored in chunks, so memory is
+:math:`O(\text{chunk} \times |\mathcal{I}|)` whatever the number of users.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from brmrs_pyg.config import METRIC_NAMES, TOPKS
+from brmrs_pyg.interactions import PairIndex
+
+#: ``scorer(users) -> scores`` of shape ``(len(users), num_items)``; higher ranks first.
+Scorer = Callable[[Tensor], Tensor]
+
+
+def recall_at_k(hits: Tensor, num_pos: Tensor, k: int) -> Tensor:
+    r"""Per-user Recall@k from a hit matrix (see the module docstring)."""
+    return hits[:, :k].sum(1) / num_pos
+
+
+def precision_at_k(hits: Tensor, num_pos: Tensor, k: int) -> Tensor:
+    r"""Per-user Precision@k."""
+    return hits[:, :k].sum(1) / k
+
+
+def ndcg_at_k(hits: Tensor, num_pos: Tensor, k: int) -> Tensor:
+    r"""Per-user NDCG@k with IDCG over :math:`\min(|T|, k)` positions."""
+    discount = 1.0 / torch.log2(torch.arange(2, k + 2, device=hits.device, dtype=torch.float))
+    dcg = (hits[:, :k] * discount).sum(1)
+    idcg = torch.cumsum(discount, 0)[(num_pos.clamp(max=k) - 1).long()]
+    return dcg / idcg
+
+
+def map_at_k(hits: Tensor, num_pos: Tensor, k: int) -> Tensor:
+    r"""Per-user MAP@k normalised by :math:`\min(|T|, k)`."""
+    h = hits[:, :k]
+    prec = torch.cumsum(h, 1) / torch.arange(1, k + 1, device=hits.device)
+    return (prec * h).sum(1) / num_pos.clamp(max=k)
+
+
+METRICS: dict[str, Callable[[Tensor, Tensor, int], Tensor]] = {
+    "recall": recall_at_k, "ndcg": ndcg_at_k, "precision": precision_at_k, "map": map_at_k}
+assert tuple(METRICS) == METRIC_NAMES
+
+
+@dataclass
+class EvalResult:
+    r"""Metrics averaged over evaluated users, and optionally every user's top list.
+
+    Attributes:
+        metrics (dict): ``"recall@20" -> value`` for every metric and :data:`TOPKS`.
+        num_users (int): Users evaluated.
+        tie_rate (float): Fraction of users whose scores at ranks ``max(TOPKS)`` and
+            ``max(TOPKS)+1`` are equal, i.e. whose list is cut inside a tie (order then
+            depends on item ids, not on the model).
+        users (Tensor, optional): Evaluated user ids, with ``topk``.
+        topk (Tensor, optional): :math:`(\text{num\_users}, \max K)` ranked item ids.
+    """
+
+    metrics: dict[str, float]
+    num_users: int
+    tie_rate: float
+    users: Tensor | None = None
+    topk: Tensor | None = None
+
+
+class Evaluator:
+    r"""Full-ranking evaluator of one held-out split.
+
+    Args:
+        train (PairIndex): Training interactions (masked from the ranking).
+        heldout (PairIndex): The split's interactions (the relevant items).
+        chunk_size (int, optional): Users scored at once. (default: :obj:`4096`)
+        ks (tuple, optional): Cut-offs. (default: :obj:`(5, 10, 20, 50)`)
+    """
+
+    def __init__(self, train: PairIndex, heldout: PairIndex, chunk_size: int = 4096,
+                 ks: tuple[int, ...] = TOPKS) -> None:
+        self.train = train
+        self.heldout = heldout
+        self.chunk_size = chunk_size
+        self.ks = ks
+        eligible = (heldout.degree() > 0) & (train.degree() > 0)
+        self.users = torch.nonzero(eligible).view(-1)
+
+    @torch.no_grad()
+    def evaluate(self, scorer: Scorer, return_topk: bool = False) -> EvalResult:
+        r"""Scores every eligible user with ``scorer`` and averages the metrics."""
+        max_k = max(self.ks)
+        num_items = self.train.num_items
+        sums = {f"{m}@{k}": 0.0 for m in METRICS for k in self.ks}
+        ties, tops = 0, []
+        for start in range(0, self.users.numel(), self.chunk_size):
+            users = self.users[start:start + self.chunk_size]
+            scores = scorer(users).float()
+            if scores.shape != (users.numel(), num_items):
+                raise ValueError(f"scorer returned shape {tuple(scores.shape)}, expected "
+                                 f"({users.numel()}, {num_items})")
+            rows, items = self.train.pairs_of(users)
+            scores[rows, items] = -float("inf")
+            rows, items = self.heldout.pairs_of(users)
+            heldout = torch.zeros_like(scores, dtype=torch.bool)
+            heldout[rows, items] = True
+            num_pos = self.heldout.degree()[users].float()
+            top_val, top = scores.topk(min(max_k + 1, num_items), dim=1)
+            hits = heldout.gather(1, top[:, :max_k]).float()
+            if top_val.size(1) > max_k:
+                ties += int((top_val[:, max_k - 1] == top_val[:, max_k]).sum())
+            for name, fn in METRICS.items():
+                for k in self.ks:
+                    sums[f"{name}@{k}"] += float(fn(hits, num_pos, k).sum())
+            if return_topk:
+                tops.append(top[:, :max_k])
+        n = max(self.users.numel(), 1)
+        return EvalResult(metrics={key: value / n for key, value in sums.items()},
+                          num_users=self.users.numel(), tie_rate=ties / n,
+                          users=self.users if return_topk else None,
+                          topk=torch.cat(tops) if return_topk and tops else None)

@@ -1,0 +1,158 @@
+r"""One run end to end: card -> dataset -> graph -> model -> training -> results.
+
+This is where the resolved config is unpacked into the explicit arguments of each component.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from brmrs_pyg import __version__
+from brmrs_pyg.config import Config
+from brmrs_pyg.data.cards import DatasetCard, load_card
+from brmrs_pyg.data.mmrec import InteractionData, load_dataset
+from brmrs_pyg.data.synthetic import SyntheticSpec, ensure_generated
+from brmrs_pyg.evaluation import Evaluator
+from brmrs_pyg.graphs import load_or_build_graph
+from brmrs_pyg.interactions import PairIndex
+from brmrs_pyg.io import atomic_write_json, atomic_write_text
+from brmrs_pyg.recommenders import MODELS, Recommender
+from brmrs_pyg.train import TrainSettings, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Paths:
+    r"""Where the repository keeps dataset cards, model cards and, by default, data and runs."""
+
+    root: Path
+
+    @property
+    def dataset_cards(self) -> Path:
+        return self.root / "datasets"
+
+    @property
+    def model_cards(self) -> Path:
+        return self.root / "models"
+
+
+def seed_everything(seed: int) -> None:
+    r"""Seeds python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    r"""``"auto"`` is CUDA when available, else CPU; other names are passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def data_dir_of(config: Config, paths: Paths) -> Path:
+    r"""``--data-dir`` when given, else ``datasets/<dataset>/``."""
+    return Path(config.run.data_dir) if config.run.data_dir else (
+        paths.dataset_cards / config.run.dataset)
+
+
+def cache_dir_of(config: Config) -> Path:
+    r"""``cache_dir`` when set, else ``$XDG_CACHE_HOME/brmrs_pyg`` (``~/.cache/brmrs_pyg``)."""
+    if config.run.cache_dir:
+        return Path(config.run.cache_dir)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "brmrs_pyg"
+
+
+def out_dir_of(config: Config, paths: Paths) -> Path:
+    r"""``--out`` when given, else ``runs/<dataset>-<model>-s<seed>-<timestamp>``."""
+    if config.run.out:
+        return Path(config.run.out)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return paths.root / "runs" / f"{config.run.dataset}-{config.run.model}-s{config.run.seed}-{stamp}"
+
+
+def load_data(card: DatasetCard, config: Config, paths: Paths) -> InteractionData:
+    r"""Reads the dataset, generating it first when its card has a ``generator``."""
+    data_dir = data_dir_of(config, paths)
+    if card.generator is not None:
+        spec = SyntheticSpec.from_card(card.generator, card.path)
+        ensure_generated(spec, data_dir, card.inter, {m.name: m.file for m in card.modalities})
+    return load_dataset(card, data_dir, config.run.modalities)
+
+
+def build_model(config: Config, data: InteractionData, device: torch.device) -> Recommender:
+    r"""The model of ``config`` on ``device``, built on the (cached) training graph."""
+    graph = load_or_build_graph(data, config.run.knn_k, cache_dir_of(config))
+    model_cls = MODELS.get(config.run.model)
+    model = model_cls.from_data(config.model, graph, data.features, config.run.embedding_dim)
+    return model.to(device)
+
+
+def run(config: Config, paths: Paths, out_dir: Path) -> dict[str, Any]:
+    r"""Trains and evaluates one configuration; writes ``results.json`` (and the checkpoint,
+    and ``topk_test.tsv`` with ``save_topk``) into ``out_dir``. Returns the results."""
+    run_cfg = config.run
+    if run_cfg.threads:
+        torch.set_num_threads(run_cfg.threads)
+    seed_everything(run_cfg.seed)
+    device = resolve_device(run_cfg.device)
+    card = load_card(run_cfg.dataset, paths.dataset_cards)
+    data = load_data(card, config, paths)
+    stats = data.stats()
+    log.info("dataset %s: %d users, %d items, %d/%d/%d train/valid/test, modalities %s",
+             data.name, data.num_users, data.num_items, stats["num_train"], stats["num_valid"],
+             stats["num_test"], stats["modalities"])
+    model = build_model(config, data, device)
+    log.info("model %s on %s", model, device)
+    train_index = PairIndex.from_edges(data.train, data.num_users, data.num_items, device)
+    evaluators = {
+        split: Evaluator(train_index, PairIndex.from_edges(data.split(split), data.num_users,
+                                                           data.num_items, device),
+                         chunk_size=run_cfg.eval_batch_size)
+        for split in ("valid", "test")}
+    settings = TrainSettings(epochs=run_cfg.epochs, batch_size=run_cfg.batch_size,
+                             lr=run_cfg.lr, patience=run_cfg.patience,
+                             valid_metric=run_cfg.valid_metric)
+    flat = config.flat()
+    result = train(model, data.train.to(device), train_index, evaluators["valid"],
+                   evaluators["test"], settings, checkpoint=out_dir / "best.pt", config=flat)
+    results: dict[str, Any] = {
+        "config": flat, "dataset": stats, "best_epoch": result.best_epoch,
+        "valid": result.valid, "test": result.test,
+        "timings": {"seconds_per_epoch": result.seconds_per_epoch,
+                    "seconds_per_eval": result.seconds_per_eval},
+        "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
+        "last_epoch_losses": result.last_losses, "version": __version__,
+    }
+    if result.test_branches:
+        results["test_branches"] = result.test_branches
+    if run_cfg.save_topk:
+        write_topk(model, evaluators["test"], out_dir / "topk_test.tsv")
+    atomic_write_json(out_dir / "results.json", results)
+    log.info("best epoch %d | valid %s | test %s", result.best_epoch,
+             _fmt(result.valid), _fmt(result.test))
+    return results
+
+
+def write_topk(model: Recommender, test: Evaluator, path: Path) -> None:
+    r"""Writes ``userID<TAB>item ids, best first, comma-separated`` for every test user."""
+    model.eval()
+    result = test.evaluate(model.scorer(), return_topk=True)
+    assert result.users is not None and result.topk is not None
+    lines = [f"{u}\t{','.join(map(str, items))}"
+             for u, items in zip(result.users.tolist(), result.topk.tolist())]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    keys = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+    return " ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics)

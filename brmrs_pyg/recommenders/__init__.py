@@ -1,0 +1,9 @@
+r"""Recommenders: each turns graphs and features into user/item embeddings, no I/O.
+
+Importing this package registers every model in :data:`MODELS`.
+"""
+from brmrs_pyg.recommenders.base import MODELS, Batch, Recommender
+from brmrs_pyg.recommenders.lightgcn import LightGCN
+from brmrs_pyg.recommenders.mf import MF
+
+__all__ = ["MODELS", "Batch", "LightGCN", "MF", "Recommender"]
