@@ -98,7 +98,7 @@ def resolve_config(args: argparse.Namespace, paths: Paths) -> Config:
 def main(argv: Sequence[str] | None = None, root: Path | None = None) -> int:
     r"""Entry point of ``run.py``; returns the process exit code."""
     paths = Paths(root or Path.cwd())
-    args = build_parser(paths).parse_args(argv)
+    args = build_parser(paths).parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     try:

@@ -72,7 +72,8 @@ class EvalResult:
             ``max(TOPKS)+1`` are equal, i.e. whose list is cut inside a tie (order then
             depends on item ids, not on the model).
         users (Tensor, optional): Evaluated user ids, with ``topk``.
-        topk (Tensor, optional): :math:`(\text{num\_users}, \max K)` ranked item ids.
+        topk (Tensor, optional): :math:`(\text{num\_users}, \max K)` ranked item ids; ``-1``
+            pads the lists of users with fewer unmasked items than :math:`\max K`.
     """
 
     metrics: dict[str, float]
@@ -122,13 +123,16 @@ class Evaluator:
             num_pos = self.heldout.degree()[users].float()
             top_val, top = scores.topk(min(max_k + 1, num_items), dim=1)
             hits = heldout.gather(1, top[:, :max_k]).float()
+            if hits.size(1) < max_k:  # fewer items than the largest cut-off
+                hits = torch.nn.functional.pad(hits, (0, max_k - hits.size(1)))
             if top_val.size(1) > max_k:
-                ties += int((top_val[:, max_k - 1] == top_val[:, max_k]).sum())
+                edge = top_val[:, max_k - 1]
+                ties += int(((edge == top_val[:, max_k]) & edge.isfinite()).sum())
             for name, fn in METRICS.items():
                 for k in self.ks:
                     sums[f"{name}@{k}"] += float(fn(hits, num_pos, k).sum())
-            if return_topk:
-                tops.append(top[:, :max_k])
+            if return_topk:  # masked (training) items never enter a list: -1 pads it
+                tops.append(top[:, :max_k].masked_fill(top_val[:, :max_k].isneginf(), -1))
         n = max(self.users.numel(), 1)
         return EvalResult(metrics={key: value / n for key, value in sums.items()},
                           num_users=self.users.numel(), tie_rate=ties / n,

@@ -43,6 +43,12 @@ class PairIndex:
         return cls(rowptr=rowptr, col=col, keys=keys, gap_keys=keys - rank,
                    num_items=num_items)
 
+    def to(self, device: torch.device | str) -> "PairIndex":
+        r"""The same index on ``device``."""
+        return PairIndex(rowptr=self.rowptr.to(device), col=self.col.to(device),
+                         keys=self.keys.to(device), gap_keys=self.gap_keys.to(device),
+                         num_items=self.num_items)
+
     @property
     def num_users(self) -> int:
         return self.rowptr.numel() - 1

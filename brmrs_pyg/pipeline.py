@@ -148,7 +148,7 @@ def write_topk(model: Recommender, test: Evaluator, path: Path) -> None:
     model.eval()
     result = test.evaluate(model.scorer(), return_topk=True)
     assert result.users is not None and result.topk is not None
-    lines = [f"{u}\t{','.join(map(str, items))}"
+    lines = [f"{u}\t{','.join(str(i) for i in items if i >= 0)}"
              for u, items in zip(result.users.tolist(), result.topk.tolist())]
     atomic_write_text(path, "\n".join(lines) + "\n")
 

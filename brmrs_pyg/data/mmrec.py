@@ -102,7 +102,11 @@ def read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             if not (text.isascii() and text.isdigit()):
                 raise DataError(f"{path}, line {n + 2}, column {header[c]}: expected a "
                                 f"non-negative integer, got {text!r}")
-            values[n, j] = int(text)
+            try:
+                values[n, j] = int(text)
+            except OverflowError:
+                raise DataError(f"{path}, line {n + 2}, column {header[c]}: {text} does not "
+                                f"fit a 64-bit integer") from None
     bad = np.flatnonzero(~np.isin(values[:, 2], list(SPLITS)))
     if bad.size:
         raise DataError(f"{path}, line {bad[0] + 2}: unknown x_label {values[bad[0], 2]} "

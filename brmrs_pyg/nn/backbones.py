@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch_geometric.nn import LGConv, MessagePassing
 
+from brmrs_pyg.nn.sparse import spmm
 from brmrs_pyg.registry import Registry
 
 BACKBONES: Registry[type["Backbone"]] = Registry("backbone")
@@ -75,6 +76,16 @@ class Backbone(torch.nn.Module):
         return f"{type(self).__name__}({self.channels}, num_layers={self.num_layers})"
 
 
+class _LGConv(LGConv):
+    r"""PyG's ``LGConv`` whose sparse-matrix path uses :func:`~brmrs_pyg.nn.sparse.spmm`
+    (transpose computed once, not at every backward); identical results."""
+
+    def message_and_aggregate(self, adj_t: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
+        if isinstance(adj_t, Tensor) and adj_t.layout == torch.sparse_csr:
+            return spmm(adj_t, x)
+        return super().message_and_aggregate(adj_t, x)
+
+
 @BACKBONES.register("lightgcn")
 class LightGCNBackbone(Backbone):
     r"""LightGCN propagation (He et al., SIGIR 2020) with PyG's ``LGConv``,
@@ -87,4 +98,4 @@ class LightGCNBackbone(Backbone):
     """
 
     def init_conv(self, layer: int) -> MessagePassing:
-        return LGConv(normalize=False)
+        return _LGConv(normalize=False)

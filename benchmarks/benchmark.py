@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+r"""Training and evaluation speed of models on real and synthetic data.
+
+For each (dataset, model) pair, in a fresh subprocess (so peak memory is that pair's own):
+seconds per training epoch (mean of ``--epochs`` epochs after one warm-up epoch), seconds per
+full-ranking evaluation of the valid split (mean of ``--evals``), one-off setup time (data +
+graph, cache included) and peak resident memory (and peak CUDA memory on a GPU). Each model's
+times are also given as a ratio to the first model's on the same dataset, measured in the
+same run.
+
+    python benchmarks/benchmark.py --datasets lfm2k:../shared/data/lfm2k synthetic_sports \
+        --models lightgcn bpr --out bench.json
+
+A dataset is ``NAME`` (files in datasets/NAME/, synthetic ones generated on first use) or
+``NAME:DIR``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def measure(dataset: str, model_name: str, epochs: int, evals: int, device: str) -> dict:
+    import torch
+
+    from brmrs_pyg.config import resolve
+    from brmrs_pyg.data.cards import load_card
+    from brmrs_pyg.evaluation import Evaluator
+    from brmrs_pyg.interactions import PairIndex
+    from brmrs_pyg.pipeline import Paths, build_model, load_data, resolve_device, seed_everything
+    from brmrs_pyg.recommenders import MODELS
+    from brmrs_pyg.train import train_epoch
+
+    name, _, data_dir = dataset.partition(":")
+    paths = Paths(ROOT)
+    config = resolve([("benchmark", {"dataset": name, "model": model_name, "data_dir": data_dir,
+                                     "device": device})], MODELS.get(model_name).Params)
+    seed_everything(0)
+    dev = resolve_device(device)
+    start = time.perf_counter()
+    data = load_data(load_card(name, paths.dataset_cards), config, paths)
+    model = build_model(config, data, dev)
+    setup = time.perf_counter() - start
+    index = PairIndex.from_edges(data.train, data.num_users, data.num_items, dev)
+    valid = Evaluator(index, PairIndex.from_edges(data.valid, data.num_users, data.num_items, dev),
+                      chunk_size=config.run.eval_batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.run.lr)
+    edges = data.train.to(dev)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    train_epoch(model, optimizer, edges, index, config.run.batch_size)  # warm-up
+    sync()
+    start = time.perf_counter()
+    for _ in range(epochs):
+        train_epoch(model, optimizer, edges, index, config.run.batch_size)
+    sync()
+    per_epoch = (time.perf_counter() - start) / epochs
+    model.eval()
+    valid.evaluate(model.scorer())  # warm-up
+    sync()
+    start = time.perf_counter()
+    for _ in range(evals):
+        valid.evaluate(model.scorer())
+    sync()
+    per_eval = (time.perf_counter() - start) / evals
+    return {
+        "dataset": name, "model": model_name, "device": str(dev),
+        "threads": torch.get_num_threads(), "users": data.num_users, "items": data.num_items,
+        "train_interactions": int(data.train.size(1)), "setup_s": setup,
+        "seconds_per_epoch": per_epoch, "seconds_per_eval": per_eval,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_cuda_mb": (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
+                         else None),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+",
+                        default=["lfm2k:" + str(ROOT.parent / "shared" / "data" / "lfm2k"),
+                                 "synthetic_sports"])
+    parser.add_argument("--models", nargs="+", default=["lightgcn"],
+                        help="the first model is the baseline of the ratios")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs (after a warm-up)")
+    parser.add_argument("--evals", type=int, default=2, help="timed evaluations")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--one", nargs=2, metavar=("DATASET", "MODEL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    if args.one:
+        print(json.dumps(measure(*args.one, args.epochs, args.evals, args.device)))
+        return
+    rows = []
+    for dataset in args.datasets:
+        base = None
+        for model in args.models:
+            cmd = [sys.executable, __file__, "--one", dataset, model, "--epochs",
+                   str(args.epochs), "--evals", str(args.evals), "--device", args.device]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"benchmark of {model} on {dataset} failed:\n{done.stderr[-3000:]}")
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            base = base or row
+            row["epoch_ratio"] = row["seconds_per_epoch"] / base["seconds_per_epoch"]
+            row["eval_ratio"] = row["seconds_per_eval"] / base["seconds_per_eval"]
+            rows.append(row)
+            print(f"{row['dataset']:<18} {row['model']:<10} {row['device']:<5} "
+                  f"{row['users']:>6}u {row['items']:>6}i {row['train_interactions']:>7}tr | "
+                  f"epoch {row['seconds_per_epoch']:7.3f}s (x{row['epoch_ratio']:.2f}) | "
+                  f"eval {row['seconds_per_eval']:7.3f}s (x{row['eval_ratio']:.2f}) | "
+                  f"setup {row['setup_s']:6.1f}s | peak RSS {row['peak_rss_mb']:7.0f} MB"
+                  + (f" | peak CUDA {row['peak_cuda_mb']:.0f} MB" if row["peak_cuda_mb"]
+                     else ""), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

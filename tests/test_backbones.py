@@ -1,0 +1,58 @@
+import pytest
+import torch
+from torch_geometric.nn import LGConv, MessagePassing
+
+from brmrs_pyg.graphs import sym_norm, to_adj_t
+from brmrs_pyg.nn.backbones import BACKBONES, Backbone, LightGCNBackbone
+from brmrs_pyg.registry import Registry
+
+EDGES = torch.tensor([[0, 1, 1, 2, 2, 3], [1, 0, 2, 1, 3, 2]])
+
+
+def test_lightgcn_backbone_matches_dense_mean_of_powers():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3)
+    w = sym_norm(EDGES, 4)
+    a = torch.zeros(4, 4)
+    a[EDGES[1], EDGES[0]] = w
+    expected = (x + a @ x + a @ a @ x) / 3
+    backbone = LightGCNBackbone(3, num_layers=2)
+    assert torch.allclose(backbone(x, to_adj_t(EDGES, w, 4)), expected, atol=1e-6)
+    assert torch.allclose(backbone(x, EDGES, w), expected, atol=1e-6)
+
+
+def test_gradient_flows_and_repr():
+    x = torch.randn(4, 3, requires_grad=True)
+    backbone = LightGCNBackbone(3, num_layers=2, alpha=[0.0, 0.0, 1.0])
+    backbone(x, EDGES, sym_norm(EDGES, 4)).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert str(backbone) == "LightGCNBackbone(3, num_layers=2)"
+
+
+def test_alpha_length_checked():
+    with pytest.raises(ValueError, match="alpha needs 3"):
+        LightGCNBackbone(3, num_layers=2, alpha=[1.0])
+
+
+def test_backbone_without_edge_weights_refuses_them():
+    class Unweighted(Backbone):
+        supports_edge_weight = False
+
+        def init_conv(self, layer: int) -> MessagePassing:
+            return LGConv()
+
+    backbone = Unweighted(3, num_layers=1)
+    x = torch.randn(4, 3)
+    assert backbone(x, EDGES).shape == (4, 3)
+    with pytest.raises(ValueError, match="cannot use edge weights"):
+        backbone(x, EDGES, torch.ones(6))
+
+
+def test_registry():
+    assert BACKBONES.get("Light-GCN") is LightGCNBackbone
+    with pytest.raises(KeyError, match="choose one of: lightgcn"):
+        BACKBONES.get("gcnn")
+    reg = Registry("thing")
+    reg.register("a")(int)
+    with pytest.raises(KeyError, match="already registered"):
+        reg.register("A")(float)

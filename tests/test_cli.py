@@ -1,0 +1,96 @@
+import json
+
+import pytest
+import torch
+
+from brmrs_pyg.cli import main
+
+
+def run_cli(project, *args):
+    return main(["--dataset", "tiny", f"cache_dir={project / 'cache'}", *args], root=project)
+
+
+def test_unknown_key_is_an_error_listing_valid_keys(project, capsys):
+    assert run_cli(project, "--model", "lightgcn", "num_layer=2") == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'num_layer'" in err and "num_layers" in err and "batch_size" in err
+    assert "Traceback" not in err
+
+
+def test_unknown_model_lists_models(project, capsys):
+    assert run_cli(project, "--model", "lightgnc") == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'lightgnc'" in err and "bpr" in err and "lightgcn" in err
+
+
+def test_not_key_value(project, capsys):
+    assert run_cli(project, "lr") == 2
+    assert "expected key=value" in capsys.readouterr().err
+
+
+def test_help_documents_every_key(project, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"], root=project)
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for key in ("--dataset", "--data-dir", "knn_k", "save_topk", "num_layers", "reg_weight",
+                "eval_batch_size", "modalities", "backbone"):
+        assert key in out
+
+
+def test_missing_real_dataset_message(project, capsys):
+    code = main(["--dataset", "sports", "--data-dir", str(project / "nowhere")], root=project)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    for text in ("sports.inter", "image_feat.npy", "text_feat.npy", "18357 x 4096",
+                 "enoche/MMRec", "--data-dir"):
+        assert text in err
+
+
+@pytest.mark.parametrize("model", ["lightgcn", "bpr"])
+def test_end_to_end_tiny_run(project, model, tmp_path):
+    out = tmp_path / "out"
+    code = run_cli(project, "--model", model, "--epochs", "3", "--out", str(out),
+                   "save_topk=true", "batch_size=64", "patience=2")
+    assert code == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["model"] == model and res["config"]["batch_size"] == 64
+    assert 1 <= res["best_epoch"] <= 3 and res["epochs_run"] <= 3
+    for split in ("valid", "test"):
+        assert set(res[split]) == {f"{m}@{k}" for m in ("recall", "ndcg", "precision", "map")
+                                   for k in (5, 10, 20, 50)}
+        assert all(0.0 <= v <= 1.0 for v in res[split].values())
+    assert res["dataset"]["num_users"] == 60 and res["dataset"]["num_items"] == 40
+    assert res["timings"]["seconds_per_epoch"] > 0 and "version" in res
+    ckpt = torch.load(out / "best.pt", weights_only=False)
+    assert ckpt["epoch"] == res["best_epoch"] and ckpt["config"] == res["config"]
+    train = {}
+    for line in (project / "datasets" / "tiny" / "tiny.inter").read_text().splitlines()[1:]:
+        u, i, x = map(int, line.split("\t"))
+        if x == 0:
+            train.setdefault(u, set()).add(i)
+    lines = (out / "topk_test.tsv").read_text().splitlines()
+    assert len(lines) > 0
+    for line in lines:  # 40 items < 50: each list holds every item but the user's training ones
+        user, items = line.split("\t")
+        listed = [int(i) for i in items.split(",")]
+        assert len(listed) == len(set(listed)) == 40 - len(train[int(user)])
+        assert not set(listed) & train[int(user)]
+
+
+def test_topk_file_matches_test_metrics(project, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli(project, "--epochs", "2", "--out", str(out), "save_topk=true") == 0
+    res = json.loads((out / "results.json").read_text())
+    inter = (project / "datasets" / "tiny" / "tiny.inter").read_text().splitlines()[1:]
+    test = {}
+    for line in inter:
+        u, i, x = map(int, line.split("\t"))
+        if x == 2:
+            test.setdefault(u, set()).add(i)
+    recalls = []
+    for line in (out / "topk_test.tsv").read_text().splitlines():
+        user, items = line.split("\t")
+        top = [int(i) for i in items.split(",")][:20]
+        recalls.append(len(test[int(user)] & set(top)) / len(test[int(user)]))
+    assert sum(recalls) / len(recalls) == pytest.approx(res["test"]["recall@20"], abs=1e-6)

@@ -1,0 +1,96 @@
+import math
+
+import pytest
+import torch
+
+from brmrs_pyg.evaluation import Evaluator
+from brmrs_pyg.interactions import PairIndex
+
+
+def naive_metrics(scores, train, heldout, ks):
+    """Per-user loop straight from the definitions (DESIGN.md section 4)."""
+    out = {f"{m}@{k}": [] for m in ("recall", "ndcg", "precision", "map") for k in ks}
+    for u in range(scores.size(0)):
+        if not heldout.get(u) or not train.get(u):
+            continue
+        ranked = [i for i in sorted(range(scores.size(1)), key=lambda i: -scores[u, i].item())
+                  if i not in train[u]]
+        pos = heldout[u]
+        for k in ks:
+            hits = [1.0 if i in pos else 0.0 for i in ranked[:k]]
+            out[f"recall@{k}"].append(sum(hits) / len(pos))
+            out[f"precision@{k}"].append(sum(hits) / k)
+            dcg = sum(h / math.log2(r + 2) for r, h in enumerate(hits))
+            idcg = sum(1 / math.log2(r + 2) for r in range(min(len(pos), k)))
+            out[f"ndcg@{k}"].append(dcg / idcg)
+            ap, found = 0.0, 0
+            for r, h in enumerate(hits):
+                if h:
+                    found += 1
+                    ap += found / (r + 1)
+            out[f"map@{k}"].append(ap / min(len(pos), k))
+    return {key: sum(v) / len(v) for key, v in out.items()}
+
+
+def to_index(pairs, num_users, num_items):
+    users = [u for u, items in pairs.items() for _ in items]
+    items = [i for items in pairs.values() for i in items]
+    return PairIndex.from_edges(torch.tensor([users, items], dtype=torch.long), num_users,
+                                num_items)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 100])
+def test_metrics_match_naive_loop(chunk_size):
+    gen = torch.Generator().manual_seed(0)
+    num_users, num_items, ks = 9, 30, (1, 3, 5, 10)
+    scores = torch.randn(num_users, num_items, generator=gen)
+    perm = [torch.randperm(num_items, generator=gen).tolist() for _ in range(num_users)]
+    # user 0 has 12 held-out items, more than every K; user 7 has none (skipped);
+    # user 8 has no training item (skipped)
+    train = {u: set(perm[u][:4]) for u in range(num_users - 1)}
+    heldout = {u: set(perm[u][4:4 + (12 if u == 0 else 1 + u % 3)]) for u in range(7)}
+    heldout[8] = {perm[8][0]}
+    ev = Evaluator(to_index(train, num_users, num_items), to_index(heldout, num_users, num_items),
+                   chunk_size=chunk_size, ks=ks)
+    result = ev.evaluate(lambda users: scores[users])
+    expected = naive_metrics(scores, train, heldout, ks)
+    assert result.num_users == 7
+    assert set(result.metrics) == set(expected)
+    for key, value in expected.items():
+        assert result.metrics[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_hand_computed_case():
+    # one user, items 0..4, item 4 is a training item and scores highest (must be masked)
+    scores = torch.tensor([[0.9, 0.1, 0.8, 0.3, 5.0]])
+    ev = Evaluator(to_index({0: {4}}, 1, 5), to_index({0: {2, 3}}, 1, 5), ks=(1, 2, 3))
+    m = ev.evaluate(lambda users: scores[users]).metrics
+    # ranking without item 4: 0, 2, 3, 1 -> hits 0, 1, 1
+    assert m["recall@1"] == 0.0 and m["recall@2"] == 0.5 and m["recall@3"] == 1.0
+    assert m["precision@3"] == pytest.approx(2 / 3)
+    idcg2 = 1 + 1 / math.log2(3)
+    assert m["ndcg@2"] == pytest.approx((1 / math.log2(3)) / idcg2)
+    assert m["map@3"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_topk_lists_and_tie_rate():
+    scores = torch.zeros(2, 60)  # an untrained constant model: every list is a tie
+    ev = Evaluator(to_index({0: {0}, 1: {1}}, 2, 60), to_index({0: {5}, 1: {6}}, 2, 60))
+    result = ev.evaluate(lambda users: scores[users], return_topk=True)
+    assert result.tie_rate == 1.0
+    assert result.topk.shape == (2, 50)
+    assert 0 not in result.topk[0].tolist() and 1 not in result.topk[1].tolist()
+
+
+def test_scorer_shape_is_checked():
+    ev = Evaluator(to_index({0: {0}}, 1, 4), to_index({0: {1}}, 1, 4), ks=(1,))
+    with pytest.raises(ValueError, match="expected"):
+        ev.evaluate(lambda users: torch.zeros(len(users), 3))
+
+
+def test_fewer_items_than_largest_cutoff():
+    scores = torch.tensor([[0.3, 0.2, 0.1]])
+    ev = Evaluator(to_index({0: {0}}, 1, 3), to_index({0: {2}}, 1, 3), ks=(1, 5))
+    m = ev.evaluate(lambda users: scores[users]).metrics
+    assert m["recall@5"] == 1.0 and m["precision@5"] == pytest.approx(1 / 5)
+    assert m["ndcg@5"] == pytest.approx(1 / math.log2(3))

@@ -1,0 +1,122 @@
+import pytest
+import torch
+
+from brmrs_pyg.data.mmrec import InteractionData
+from brmrs_pyg.graphs import (IU, UI, bipartite_adj_t, build_graph, knn_edge_type, knn_graph,
+                              load_or_build_graph, sym_norm, to_adj_t)
+
+
+def dense(edge_index, weight, n):
+    a = torch.zeros(n, n)
+    a[edge_index[1], edge_index[0]] = weight  # row = receiver
+    return a
+
+
+def test_sym_norm_matches_dense_symmetric():
+    ei = torch.tensor([[0, 1, 1, 2, 0, 3], [1, 0, 2, 1, 3, 0]])
+    a = dense(ei, torch.ones(6), 5)  # node 4 isolated
+    deg = a.sum(1)
+    inv = torch.where(deg > 0, deg.pow(-0.5), torch.zeros_like(deg))
+    expected = inv[:, None] * a * inv[None, :]
+    assert torch.allclose(dense(ei, sym_norm(ei, 5), 5), expected)
+
+
+def test_sym_norm_weighted_hand_value():
+    ei = torch.tensor([[0, 1], [1, 0]])
+    w = sym_norm(ei, 2, torch.tensor([4.0, 4.0]))
+    assert w.tolist() == [1.0, 1.0]  # 4 / (sqrt(4) * sqrt(4))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, None])
+def test_knn_matches_brute_force(chunk_size):
+    torch.manual_seed(0)
+    x = torch.randn(11, 5)
+    x[3] = 0.0  # zero row: similarity 0 to everything
+    edge_index, sim = knn_graph(x, k=3, chunk_size=chunk_size)
+    xn = torch.nn.functional.normalize(x, dim=1)
+    full = xn @ xn.T
+    full.fill_diagonal_(-float("inf"))
+    for i in range(11):
+        mask = edge_index[1] == i
+        assert mask.sum() == 3
+        expected = full[i].topk(3).values
+        assert torch.allclose(sim[mask].sort(descending=True).values, expected, atol=1e-6)
+        assert i not in edge_index[0, mask].tolist()
+        assert torch.allclose(full[i, edge_index[0, mask]], sim[mask])
+
+
+def test_knn_k_capped_by_size():
+    edge_index, _ = knn_graph(torch.randn(3, 2), k=10)
+    assert edge_index.size(1) == 3 * 2
+
+
+def tiny_data(k_feat=4):
+    gen = torch.Generator().manual_seed(1)
+    train = torch.tensor([[0, 0, 1, 2, 2, 3], [0, 1, 1, 2, 3, 0]])
+    return InteractionData(name="tiny", num_users=4, num_items=5, train=train,
+                           valid=torch.tensor([[0], [2]]), test=torch.tensor([[1], [3]]),
+                           features={"text": torch.randn(5, k_feat, generator=gen),
+                                     "image": torch.randn(5, 3, generator=gen)})
+
+
+def test_build_graph_structure():
+    data = tiny_data()
+    g = build_graph(data, knn_k=2)
+    assert g["user"].num_nodes == 4 and g["item"].num_nodes == 5
+    assert torch.equal(g[UI].edge_index, data.train)
+    assert torch.equal(g[IU].edge_index, data.train.flip(0))
+    for m in ("text", "image"):
+        store = g[knn_edge_type(m)]
+        assert store.edge_index.shape == (2, 10)
+        assert torch.allclose(store.edge_weight, sym_norm(store.edge_index, 5))
+
+
+def test_bipartite_adjacency_is_lightgcn_normalisation():
+    data = tiny_data()
+    adj = bipartite_adj_t(build_graph(data, knn_k=2)).to_dense()
+    n = 9
+    a = torch.zeros(n, n)
+    a[data.train[0], data.train[1] + 4] = 1
+    a[data.train[1] + 4, data.train[0]] = 1
+    deg = a.sum(1)
+    inv = torch.where(deg > 0, deg.pow(-0.5), torch.zeros_like(deg))
+    assert torch.allclose(adj, inv[:, None] * a * inv[None, :])
+
+
+def test_adj_t_propagates_to_receivers():
+    ei = torch.tensor([[0], [1]])  # 0 -> 1
+    out = to_adj_t(ei, torch.tensor([2.0]), 2) @ torch.tensor([[3.0], [5.0]])
+    assert out.view(-1).tolist() == [0.0, 6.0]
+
+
+def test_cache_hit_and_rebuild_on_changed_setting(tmp_path, caplog):
+    data = tiny_data()
+    caplog.set_level("INFO")
+    g1 = load_or_build_graph(data, 2, tmp_path)
+    assert len(list((tmp_path / "graphs").glob("*.pt"))) == 1
+    caplog.clear()
+    g2 = load_or_build_graph(data, 2, tmp_path)
+    assert "loaded from cache" in caplog.text
+    for et in g1.edge_types:
+        for key in ("edge_index", "edge_weight"):
+            assert torch.equal(g1[et][key], g2[et][key])
+    caplog.clear()
+    g3 = load_or_build_graph(data, 3, tmp_path)  # changing knn_k must rebuild
+    assert "building graph" in caplog.text
+    assert g3[knn_edge_type("text")].edge_index.size(1) == 15
+    assert len(list((tmp_path / "graphs").glob("*.pt"))) == 2
+    data.features["text"][0, 0] += 1.0  # changed input file contents must rebuild too
+    caplog.clear()
+    load_or_build_graph(data, 2, tmp_path)
+    assert "building graph" in caplog.text
+
+
+def test_corrupt_cache_is_rebuilt(tmp_path, caplog):
+    data = tiny_data()
+    load_or_build_graph(data, 2, tmp_path)
+    (entry,) = (tmp_path / "graphs").glob("*.pt")
+    entry.write_bytes(b"not a checkpoint")
+    caplog.set_level("INFO")
+    g = load_or_build_graph(data, 2, tmp_path)
+    assert "unreadable" in caplog.text
+    assert g[knn_edge_type("text")].edge_index.size(1) == 10

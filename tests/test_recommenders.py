@@ -1,0 +1,77 @@
+import math
+
+import pytest
+import torch
+
+from brmrs_pyg.config import resolve
+from brmrs_pyg.data.mmrec import InteractionData
+from brmrs_pyg.graphs import build_graph
+from brmrs_pyg.recommenders import MODELS, Batch, LightGCN, MF
+
+
+def tiny_graph():
+    train = torch.tensor([[0, 0, 1, 2, 2], [0, 1, 1, 2, 0]])
+    data = InteractionData(name="t", num_users=3, num_items=3, train=train,
+                           valid=torch.tensor([[0], [2]]), test=torch.tensor([[1], [2]]),
+                           features={"text": torch.randn(3, 4)})
+    return build_graph(data, knn_k=1), train
+
+
+def build(name, **overrides):
+    graph, _ = tiny_graph()
+    cfg = resolve([("test", overrides)], MODELS.get(name).Params)
+    return MODELS.get(name).from_data(cfg.model, graph, {}, embedding_dim=4)
+
+
+def test_lightgcn_forward_matches_dense():
+    model = build("lightgcn", num_layers=2)
+    _, train = tiny_graph()
+    a = torch.zeros(6, 6)
+    a[train[0], train[1] + 3] = 1
+    a[train[1] + 3, train[0]] = 1
+    d = a.sum(1).pow(-0.5)
+    norm = d[:, None] * a * d[None, :]
+    e0 = model.embedding.weight.detach()
+    expected = (e0 + norm @ e0 + norm @ norm @ e0) / 3
+    user, item = model()
+    assert torch.allclose(torch.cat([user, item]), expected, atol=1e-6)
+
+
+def test_lightgcn_loss_is_bpr_plus_ego_l2():
+    model = build("lightgcn", num_layers=1, reg_weight=0.5)
+    batch = Batch(torch.tensor([0, 2]), torch.tensor([1, 2]), torch.tensor([[2], [1]]))
+    loss, terms = model.loss(batch)
+    user, item = model()
+    pos = (user[[0, 2]] * item[[1, 2]]).sum(1)
+    neg = (user[[0, 2]] * item[[2, 1]]).sum(1)
+    bpr = -torch.log(torch.sigmoid(pos - neg)).mean()
+    ego = model.embedding.weight
+    reg = (ego[[0, 2]].pow(2).sum() + ego[[4, 5]].pow(2).sum() + ego[[5, 4]].pow(2).sum()) / 4
+    assert terms["bpr"].item() == pytest.approx(bpr.item(), rel=1e-5)
+    assert loss.item() == pytest.approx((bpr + 0.5 * reg).item(), rel=1e-5)
+    loss.backward()
+    assert model.embedding.weight.grad.abs().sum() > 0
+
+
+def test_mf_loss_and_scorer():
+    model = build("bpr", reg_weight=0.0)
+    assert isinstance(model, MF)
+    batch = Batch(torch.tensor([1]), torch.tensor([0]), torch.tensor([[2]]))
+    loss, _ = model.loss(batch)
+    p, q = model.user_emb.weight, model.item_emb.weight
+    margin = (p[1] * q[0]).sum() - (p[1] * q[2]).sum()
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-margin.item())), rel=1e-5)
+    scores = model.scorer()(torch.tensor([0, 1]))
+    assert torch.allclose(scores, p[:2] @ q.T)
+
+
+def test_models_are_registered_with_params():
+    assert set(MODELS.names()) >= {"bpr", "lightgcn"}
+    assert "LightGCN(3 users, 3 items, dim=4" in str(build("lightgcn"))
+    assert isinstance(build("lightgcn"), LightGCN)
+
+
+def test_adjacency_moves_with_the_model_and_is_not_checkpointed():
+    model = build("lightgcn")
+    assert "adj_t" not in model.state_dict()
+    assert model.to(torch.float64).adj_t.layout == torch.sparse_csr

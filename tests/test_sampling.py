@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from brmrs_pyg.interactions import PairIndex
+from brmrs_pyg.sampling import sample_negatives
+
+
+def random_index(num_users, num_items, seed):
+    gen = torch.Generator().manual_seed(seed)
+    users, items = [], []
+    for u in range(num_users):
+        deg = int(torch.randint(1, num_items, (1,), generator=gen))  # up to all but one item
+        chosen = torch.randperm(num_items, generator=gen)[:deg]
+        users += [u] * deg
+        items += chosen.tolist()
+    return PairIndex.from_edges(torch.tensor([users, items]), num_users, num_items)
+
+
+def test_never_returns_a_training_positive_and_stays_in_range():
+    index = random_index(20, 15, seed=0)
+    users = torch.arange(20).repeat(50)
+    neg = sample_negatives(users, index, num_samples=7)
+    assert neg.shape == (1000, 7)
+    assert neg.min() >= 0 and neg.max() < 15
+    assert not index.contains(users[:, None].expand_as(neg).reshape(-1), neg.reshape(-1)).any()
+
+
+def test_covers_exactly_the_complement_uniformly():
+    # user 0 has items {1, 2, 5}; its negatives are {0, 3, 4, 6} with probability 1/4 each
+    index = PairIndex.from_edges(torch.tensor([[0, 0, 0, 1], [5, 1, 2, 0]]), 2, 7)
+    torch.manual_seed(0)
+    neg = sample_negatives(torch.zeros(40000, dtype=torch.long), index)
+    counts = torch.bincount(neg.view(-1), minlength=7).float() / 40000
+    assert counts[[1, 2, 5]].sum() == 0
+    assert torch.allclose(counts[[0, 3, 4, 6]], torch.full((4,), 0.25), atol=0.01)
+
+
+def test_user_with_one_free_item():
+    index = PairIndex.from_edges(torch.tensor([[0, 0, 0], [0, 1, 3]]), 1, 4)
+    assert sample_negatives(torch.zeros(100, dtype=torch.long), index).unique().tolist() == [2]
+
+
+def test_generator_makes_it_reproducible():
+    index = random_index(5, 30, seed=1)
+    users = torch.arange(5)
+    a = sample_negatives(users, index, 4, generator=torch.Generator().manual_seed(3))
+    b = sample_negatives(users, index, 4, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_runs_on_cuda_without_host_copies():
+    index = random_index(20, 15, seed=0)
+    cuda = index.to("cuda")
+    users = torch.arange(20, device="cuda")
+    neg = sample_negatives(users, cuda, 3)
+    assert neg.device.type == "cuda"
+    assert not cuda.contains(users[:, None].expand_as(neg).reshape(-1), neg.reshape(-1)).any()
+
+
+def test_pair_index_pairs_of():
+    index = PairIndex.from_edges(torch.tensor([[2, 0, 2, 1], [4, 1, 0, 3]]), 3, 5)
+    rows, items = index.pairs_of(torch.tensor([2, 0]))
+    assert sorted(zip(rows.tolist(), items.tolist())) == [(0, 0), (0, 4), (1, 1)]
+    assert index.degree().tolist() == [1, 1, 2]
