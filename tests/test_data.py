@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -313,6 +313,26 @@ def test_id_too_large_for_int64(tmp_path):
         toy.load()
 
 
+def test_user_id_far_beyond_the_number_of_rows(tmp_path):
+    rows = [list(r) for r in ROWS]
+    rows[1][0] = 10**12  # line 3: must not allocate per-user arrays of 10^12 entries
+    toy = make_dataset(tmp_path, inter=rows)
+    with pytest.raises(DataError, match=re.escape(
+            f"{toy.file('toy.inter')}: 999999999997 user id(s) in 0..1000000000000 have no "
+            "training interaction: 3, 4, 5, 6, 7, 8, 9, 10, 11, 12 ...")):
+        toy.load()
+
+
+def test_item_id_far_beyond_the_number_of_rows_without_features(tmp_path):
+    rows = [list(r) for r in ROWS]
+    rows[1][1] = 10**15  # line 3
+    toy = make_dataset(tmp_path, inter=rows)
+    with pytest.raises(DataError, match=re.escape(
+            f"{toy.file('toy.inter')}, line 3: itemID 1000000000000000 is larger than the number "
+            "of rows (11); item ids must be contiguous from 0")):
+        load_dataset(replace(toy.card(), modalities=(), default_modalities=()), toy.data_dir)
+
+
 def test_unknown_x_label(tmp_path):
     rows = [list(r) for r in ROWS]
     rows[2][2] = 3  # line 4
@@ -441,7 +461,6 @@ def test_inf_feature_names_the_first_row(tmp_path):
         toy.load()
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 def test_float64_overflowing_float32_is_inf(tmp_path):
     text = TEXT.copy()
     text[2, 0] = 1e300  # finite in float64, inf once cast to float32

@@ -178,10 +178,12 @@ def test_from_card_unknown_keys_through_a_card(tmp_path):
         SyntheticSpec.from_card(card.generator, card.path)
 
 
-def test_from_card_bad_types(tmp_path):
-    with pytest.raises(DataError, match=re.escape(
-            f"{tmp_path}: bad generator settings: ")):
-        SyntheticSpec.from_card({**TINY, "latent_dim": "four"}, tmp_path)
+@pytest.mark.parametrize("key, value", [("latent_dim", "four"), ("num_users", "many"),
+                                        ("gamma_s", "high"), ("seed", 1.5)])
+def test_from_card_bad_types(tmp_path, key, value):
+    with pytest.raises(DataError, match=re.escape(f"generator setting {key}={value!r} "
+                                                  f"({tmp_path}): expected a value of type")):
+        SyntheticSpec.from_card({**TINY, key: value}, tmp_path)
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -129,7 +129,8 @@ def read_features(path: Path, name: str, dim: int | None = None) -> np.ndarray:
     if dim is not None and array.shape[1] != dim:
         raise DataError(f"{path}: modality {name!r} has {array.shape[1]} columns, the dataset "
                         f"card says {dim}")
-    array = array.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, reported below
+        array = array.astype(np.float32, copy=False)
     finite = np.isfinite(array).all(axis=1)
     if not finite.all():
         rows = np.flatnonzero(~finite)
@@ -174,6 +175,8 @@ def load_dataset(card: DatasetCard, data_dir: Path, modalities: str = "") -> Int
     users, items, labels = read_inter(inter_path)
     features = {m.name: read_features(data_dir / m.file, m.name, m.dim) for m in specs}
     num_users = int(users.max()) + 1
+    if not features:
+        _check_item_range(items, inter_path)
     num_items = _num_items(items, features, inter_path, data_dir, specs)
     _check_expected(card, num_users, num_items, len(users))
     _check_pairs(users, items, labels, num_items, inter_path)
@@ -204,6 +207,15 @@ def _num_items(items: np.ndarray, features: dict[str, np.ndarray], inter_path: P
     return rows
 
 
+def _check_item_range(items: np.ndarray, path: Path) -> None:
+    # Without feature files nothing else bounds the item ids; contiguous ids cannot exceed the
+    # number of rows, and a stray huge id would overflow the pair keys below.
+    if int(items.max()) >= items.size:
+        line = int(np.argmax(items)) + 2
+        raise DataError(f"{path}, line {line}: itemID {items.max()} is larger than the number of "
+                        f"rows ({items.size}); item ids must be contiguous from 0")
+
+
 def _check_expected(card: DatasetCard, num_users: int, num_items: int, n: int) -> None:
     found = {"users": num_users, "items": num_items, "interactions": n}
     wrong = [f"{k}: card expects {v:,}, files have {found[k]:,}"
@@ -231,14 +243,28 @@ def _check_pairs(users: np.ndarray, items: np.ndarray, labels: np.ndarray, num_i
 
 def _check_users(users: np.ndarray, labels: np.ndarray, num_users: int, num_items: int,
                  path: Path) -> None:
-    train_degree = np.bincount(users[labels == 0], minlength=num_users)
-    cold = np.flatnonzero(train_degree == 0)
-    if cold.size:
-        listed = ", ".join(map(str, cold[:10])) + (" ..." if cold.size > 10 else "")
-        raise DataError(f"{path}: {cold.size} user id(s) in 0..{num_users - 1} have no training "
+    # O(rows) whatever the largest id, so a stray huge id cannot trigger a huge allocation
+    train_users, train_degree = np.unique(users[labels == 0], return_counts=True)
+    if train_users.size < num_users:
+        cold = _first_missing(train_users, num_users, 10)
+        count = num_users - train_users.size
+        listed = ", ".join(map(str, cold)) + (" ..." if count > 10 else "")
+        raise DataError(f"{path}: {count} user id(s) in 0..{num_users - 1} have no training "
                         f"interaction: {listed}. User ids must be contiguous and every user "
                         f"needs at least one x_label 0 row")
     full = np.flatnonzero(train_degree >= num_items)
     if full.size:
-        raise DataError(f"{path}: user {full[0]} has interacted with every item in training; "
-                        f"no negative item can be sampled for that user")
+        raise DataError(f"{path}: user {train_users[full[0]]} has interacted with every item in "
+                        f"training; no negative item can be sampled for that user")
+
+
+def _first_missing(present: np.ndarray, stop: int, limit: int) -> list[int]:
+    r"""The first ``limit`` integers of ``0..stop-1`` absent from sorted unique ``present``."""
+    bounds = np.concatenate([[-1], present, [stop]])
+    missing: list[int] = []
+    for gap in np.flatnonzero(np.diff(bounds) > 1):
+        missing.extend(range(int(bounds[gap]) + 1, min(int(bounds[gap + 1]), int(bounds[gap]) + 1
+                                                       + limit)))
+        if len(missing) >= limit:
+            break
+    return missing[:limit]

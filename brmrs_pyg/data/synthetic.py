@@ -24,6 +24,7 @@ import dataclasses
 import json
 import logging
 import math
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from brmrs_pyg.config import ConfigError, coerce
 from brmrs_pyg.data.errors import DataError
 from brmrs_pyg.data.split import split_per_user
 from brmrs_pyg.io import atomic_save_npy, atomic_write_json, atomic_write_text
@@ -75,10 +77,14 @@ class SyntheticSpec:
         if unknown:
             raise DataError(f"{source}: unknown generator keys {sorted(unknown)}; valid keys: "
                             f"{sorted(names)}")
-        try:
-            return cls(**raw)
-        except TypeError as exc:
-            raise DataError(f"{source}: bad generator settings: {exc}") from None
+        types = typing.get_type_hints(cls)
+        values = {}
+        for key, value in raw.items():
+            try:
+                values[key] = coerce(key, value, types[key], str(source))
+            except ConfigError as exc:
+                raise DataError(f"generator setting {exc}") from None
+        return cls(**values)
 
 
 @dataclass
