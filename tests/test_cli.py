@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from brmrs_pyg.cli import main
+from brmrs_pyg.recommenders import MODELS
 
 
 def run_cli(project, *args):
@@ -94,3 +95,17 @@ def test_topk_file_matches_test_metrics(project, tmp_path):
         top = [int(i) for i in items.split(",")][:20]
         recalls.append(len(test[int(user)] & set(top)) / len(test[int(user)]))
     assert sum(recalls) / len(recalls) == pytest.approx(res["test"]["recall@20"], abs=1e-6)
+
+
+def test_readme_documents_every_key():
+    from conftest import REPO
+
+    from brmrs_pyg.config import RunConfig, describe_keys
+
+    readme = (REPO / "README.md").read_text()
+    keys = [k for k, *_ in describe_keys(RunConfig)]
+    keys += [k for name in MODELS.names() for k, *_ in describe_keys(MODELS.get(name).Params)]
+    missing = [k for k in keys if f"`{k}`" not in readme]
+    assert not missing, f"README lacks config keys {missing}"
+    for name in MODELS.names():
+        assert f"`{name}`" in readme

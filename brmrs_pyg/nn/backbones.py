@@ -51,8 +51,9 @@ class Backbone(torch.nn.Module):
             raise ValueError(f"alpha needs {num_layers + 1} weights, got {len(alpha)}")
         self.channels = channels
         self.num_layers = num_layers
+        self.alpha: Tensor
         self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float))
-        self.convs = torch.nn.ModuleList(self.init_conv(layer) for layer in range(num_layers))
+        self.convs: torch.nn.ModuleList = torch.nn.ModuleList(self.init_conv(layer) for layer in range(num_layers))
 
     def init_conv(self, layer: int) -> MessagePassing:
         r"""Builds the convolution of layer ``layer`` (0-based)."""
@@ -60,7 +61,7 @@ class Backbone(torch.nn.Module):
 
     def reset_parameters(self) -> None:
         for conv in self.convs:
-            conv.reset_parameters()
+            conv.reset_parameters()  # type: ignore[operator]
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
         if edge_weight is not None and not self.supports_edge_weight:
