@@ -14,6 +14,7 @@ from brmrs_pyg.data.cards import available_cards, load_card
 from brmrs_pyg.data.errors import DataError
 from brmrs_pyg.pipeline import Paths, out_dir_of, run
 from brmrs_pyg.recommenders import MODELS
+from brmrs_pyg.registry import UnknownNameError
 from brmrs_pyg.train import TrainingError
 
 log = logging.getLogger("brmrs_pyg")
@@ -110,8 +111,7 @@ def main(argv: Sequence[str] | None = None, root: Path | None = None) -> int:
         log.addHandler(handler)
         log.info("output folder %s", out_dir)
         run(config, paths, out_dir)
-    except (ConfigError, DataError, KeyError, TrainingError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {message}", file=sys.stderr)
+    except (ConfigError, DataError, UnknownNameError, TrainingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -14,6 +14,13 @@ from typing import Callable, Generic, Iterator, TypeVar
 T = TypeVar("T")
 
 
+class UnknownNameError(KeyError):
+    r"""A name that is not registered; the message lists the registered names."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def normalize_name(name: str) -> str:
     r"""Lower-cases a name and drops ``-``, ``_`` and spaces (``"Light-GCN"`` -> ``"lightgcn"``)."""
     return "".join(ch for ch in name.lower() if ch not in "-_ ")
@@ -22,8 +29,8 @@ def normalize_name(name: str) -> str:
 class Registry(Generic[T]):
     r"""Maps normalised names to registered objects (classes, usually).
 
-    Registering a name twice raises; looking up an unknown name raises a :class:`KeyError`
-    that lists every registered name.
+    Registering a name twice raises; looking up an unknown name raises
+    :class:`UnknownNameError` (a :class:`KeyError`) that lists every registered name.
 
     Args:
         kind (str): What is registered (``"model"``, ``"backbone"``), used in error messages.
@@ -49,7 +56,7 @@ class Registry(Generic[T]):
         r"""Returns the object registered under ``name`` (normalised)."""
         key = normalize_name(name)
         if key not in self._items:
-            raise KeyError(
+            raise UnknownNameError(
                 f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
         return self._items[key]
 

@@ -109,3 +109,9 @@ def test_readme_documents_every_key():
     assert not missing, f"README lacks config keys {missing}"
     for name in MODELS.names():
         assert f"`{name}`" in readme
+
+
+def test_unknown_backbone_lists_backbones(project, capsys):
+    assert run_cli(project, "--epochs", "1", "backbone=gat2") == 2
+    err = capsys.readouterr().err
+    assert "unknown backbone 'gat2'; choose one of: lightgcn" in err and "Traceback" not in err
