@@ -205,3 +205,11 @@ def test_repo_generator_cards_match_their_modalities(name):
     # the files the generator writes must pass the card's own width checks
     assert {m.name: m.dim for m in card.modalities} == {"text": spec.text_dim,
                                                          "image": spec.image_dim}
+
+
+def test_interactions_per_user_have_the_requested_mean():
+    spec = SyntheticSpec(num_users=4000, num_items=200, latent_dim=4, text_dim=4, image_dim=4,
+                         min_interactions=5, mean_interactions=9.0, seed=1)
+    per_user = np.bincount(generate(spec).users)
+    assert per_user.min() == 5
+    assert per_user.mean() == pytest.approx(9.0, abs=0.2)

@@ -15,7 +15,9 @@ true preference
     s^*(u, i) = \sum_x \gamma_x \langle \theta_{u,x}, z_{i,x} \rangle + b_i,
 
 where :math:`b_i` is an item popularity bias. A user's positives are the top-:math:`n_u` items
-by :math:`s^*` plus Gumbel noise (a Plackett-Luce draw), split per user as MMRec does. The
+by :math:`s^*` plus Gumbel noise (a Plackett-Luce draw), with :math:`n_u` = ``min_interactions``
++ a geometric tail of mean ``mean_interactions``; interactions are split per user as MMRec
+does. The
 result is written in MMRec format and read back through the ordinary reader.
 """
 from __future__ import annotations
@@ -38,7 +40,7 @@ from brmrs_pyg.data.split import split_per_user
 from brmrs_pyg.io import atomic_save_npy, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,9 @@ def generate(spec: SyntheticSpec) -> SyntheticData:
     item_lat = np.concatenate([gamma[x] * z[x] for x in "tvsr"], axis=1)
     user_lat = np.concatenate([theta[x] for x in "tvsr"], axis=1)
     bias = spec.popularity * rng.standard_normal(n_items)
-    extra = rng.exponential(spec.mean_interactions - spec.min_interactions, n_users)
-    counts = np.minimum(spec.min_interactions + extra.astype(np.int64), n_items // 2)
+    # min + (Geometric - 1): a long tail of heavy users with exactly the requested mean
+    extra = rng.geometric(1.0 / (spec.mean_interactions - spec.min_interactions + 1), n_users) - 1
+    counts = np.minimum(spec.min_interactions + extra, n_items // 2)
     users, items = _draw_positives(user_lat, item_lat, bias, counts, spec.temperature,
                                    int(rng.integers(2**31)))
     labels = split_per_user(users, seed=spec.seed)
