@@ -32,9 +32,8 @@ def measure(dataset: str, model_name: str, epochs: int, evals: int, device: str)
 
     from brmrs_pyg.config import resolve
     from brmrs_pyg.data.cards import load_card
-    from brmrs_pyg.evaluation import Evaluator
-    from brmrs_pyg.interactions import PairIndex
-    from brmrs_pyg.pipeline import Paths, build_model, load_data, resolve_device, seed_everything
+    from brmrs_pyg.pipeline import (Paths, build_evaluators, build_model, load_data,
+                                    resolve_device, seed_everything)
     from brmrs_pyg.recommenders import MODELS
     from brmrs_pyg.train import train_epoch
 
@@ -48,9 +47,8 @@ def measure(dataset: str, model_name: str, epochs: int, evals: int, device: str)
     data = load_data(load_card(name, paths.dataset_cards), config, paths)
     model = build_model(config, data, dev)
     setup = time.perf_counter() - start
-    index = PairIndex.from_edges(data.train, data.num_users, data.num_items, dev)
-    valid = Evaluator(index, PairIndex.from_edges(data.valid, data.num_users, data.num_items, dev),
-                      chunk_size=config.run.eval_batch_size)
+    index, evaluators = build_evaluators(data, dev, config.run.eval_batch_size)
+    valid = evaluators["valid"]
     optimizer = torch.optim.Adam(model.parameters(), lr=config.run.lr)
     edges = data.train.to(dev)
 

@@ -97,6 +97,19 @@ def build_model(config: Config, data: InteractionData, device: torch.device) -> 
     return model.to(device)
 
 
+def build_evaluators(data: InteractionData, device: torch.device, chunk_size: int
+                     ) -> tuple[PairIndex, dict[str, Evaluator]]:
+    r"""The training-interaction index (for the sampler and masking) and an evaluator for
+    ``"valid"`` and for ``"test"``, on ``device``."""
+    train_index = PairIndex.from_edges(data.train, data.num_users, data.num_items, device)
+    evaluators = {
+        split: Evaluator(train_index, PairIndex.from_edges(data.split(split), data.num_users,
+                                                           data.num_items, device),
+                         chunk_size=chunk_size)
+        for split in ("valid", "test")}
+    return train_index, evaluators
+
+
 def run(config: Config, paths: Paths, out_dir: Path) -> dict[str, Any]:
     r"""Trains and evaluates one configuration; writes ``results.json`` (and the checkpoint,
     and ``topk_test.tsv`` with ``save_topk``) into ``out_dir``. Returns the results."""
@@ -113,12 +126,7 @@ def run(config: Config, paths: Paths, out_dir: Path) -> dict[str, Any]:
              stats["num_test"], stats["modalities"])
     model = build_model(config, data, device)
     log.info("model %s on %s", model, device)
-    train_index = PairIndex.from_edges(data.train, data.num_users, data.num_items, device)
-    evaluators = {
-        split: Evaluator(train_index, PairIndex.from_edges(data.split(split), data.num_users,
-                                                           data.num_items, device),
-                         chunk_size=run_cfg.eval_batch_size)
-        for split in ("valid", "test")}
+    train_index, evaluators = build_evaluators(data, device, run_cfg.eval_batch_size)
     settings = TrainSettings(epochs=run_cfg.epochs, batch_size=run_cfg.batch_size,
                              lr=run_cfg.lr, patience=run_cfg.patience,
                              valid_metric=run_cfg.valid_metric)
