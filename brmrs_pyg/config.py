@@ -106,8 +106,8 @@ def coerce(key: str, value: Any, typ: type, source: str) -> Any:
         raise ConfigError(f"{key}={value!r} ({source}): expected a value of type {typ.__name__}")
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if typ is bool and not isinstance(value, bool) or not isinstance(value, typ) or (
-            typ is not bool and isinstance(value, bool)):
+    # bool is a subclass of int: neither may stand for the other
+    if isinstance(value, bool) != (typ is bool) or not isinstance(value, typ):
         raise ConfigError(f"{key}={value!r} ({source}): expected a value of type {typ.__name__}, "
                           f"got {type(value).__name__}")
     return value
