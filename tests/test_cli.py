@@ -115,3 +115,13 @@ def test_unknown_backbone_lists_backbones(project, capsys):
     assert run_cli(project, "--epochs", "1", "backbone=gat2") == 2
     err = capsys.readouterr().err
     assert "unknown backbone 'gat2'; choose one of: lightgcn" in err and "Traceback" not in err
+
+
+def test_same_seed_same_metrics(project, tmp_path):
+    results = []
+    for name, seed in (("a", "5"), ("b", "5"), ("c", "6")):
+        out = tmp_path / name
+        assert run_cli(project, "--epochs", "3", "--seed", seed, "--out", str(out)) == 0
+        results.append(json.loads((out / "results.json").read_text()))
+    assert results[0]["test"] == results[1]["test"] and results[0]["valid"] == results[1]["valid"]
+    assert results[0]["test"] != results[2]["test"]
