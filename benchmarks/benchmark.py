@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 r"""Training and evaluation speed of models on real and synthetic data.
 
-For each (dataset, model) pair, in a fresh subprocess (so peak memory is that pair's own):
+Models use their card defaults, as ``run.py`` does. For each (dataset, model) pair, in a fresh
+subprocess (so peak memory is that pair's own):
 seconds per training epoch (mean of ``--epochs`` epochs after one warm-up epoch), seconds per
 full-ranking evaluation of the valid split (mean of ``--evals``), one-off setup time (data +
 graph, cache included) and peak resident memory (and peak CUDA memory on a GPU). Each model's
@@ -30,17 +31,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def measure(dataset: str, model_name: str, epochs: int, evals: int, device: str) -> dict:
     import torch
 
-    from brmrs_pyg.config import resolve
     from brmrs_pyg.data.cards import load_card
-    from brmrs_pyg.pipeline import (Paths, build_evaluators, build_model, load_data,
-                                    resolve_device, seed_everything)
-    from brmrs_pyg.recommenders import MODELS
+    from brmrs_pyg.pipeline import (Paths, build_evaluators, build_model, load_config,
+                                    load_data, resolve_device, seed_everything)
     from brmrs_pyg.train import train_epoch
 
     name, _, data_dir = dataset.partition(":")
     paths = Paths(ROOT)
-    config = resolve([("benchmark", {"dataset": name, "model": model_name, "data_dir": data_dir,
-                                     "device": device})], MODELS.get(model_name).Params)
+    config = load_config(paths, [("benchmark", {"dataset": name, "model": model_name,
+                                                "data_dir": data_dir, "device": device})])
     seed_everything(0)
     dev = resolve_device(device)
     start = time.perf_counter()

@@ -5,14 +5,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-import yaml
-
-from brmrs_pyg.config import Config, ConfigError, RunConfig, describe_keys, resolve
-from brmrs_pyg.data.cards import available_cards, load_card
+from brmrs_pyg.config import Config, ConfigError, RunConfig, describe_keys
+from brmrs_pyg.data.cards import available_cards
 from brmrs_pyg.data.errors import DataError
-from brmrs_pyg.pipeline import Paths, out_dir_of, run
+from brmrs_pyg.pipeline import Paths, load_config, out_dir_of, run
 from brmrs_pyg.recommenders import MODELS
 from brmrs_pyg.registry import UnknownNameError
 from brmrs_pyg.train import TrainingError
@@ -71,29 +69,11 @@ def parse_overrides(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def model_card_defaults(name: str, paths: Paths) -> tuple[str, dict[str, Any]]:
-    r"""The ``defaults:`` of ``models/<name>.yaml`` (empty when the model has no card)."""
-    path = paths.model_cards / f"{name}.yaml"
-    if not path.is_file():
-        return str(path), {}
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict) or set(raw) - {"defaults", "grid", "description"}:
-        raise ConfigError(f"{path}: a model card has keys defaults, grid and description only")
-    return str(path), dict(raw.get("defaults") or {})
-
-
 def resolve_config(args: argparse.Namespace, paths: Paths) -> Config:
-    r"""Layers defaults, the dataset card, the model card and the command line."""
-    cli = parse_overrides(args.overrides)
+    r"""The run's config from the parsed command line (see :func:`load_config`)."""
+    overrides = parse_overrides(args.overrides)
     flags = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
-    dataset = flags.get("dataset", cli.get("dataset", RunConfig.dataset))
-    model = flags.get("model", cli.get("model", RunConfig.model))
-    model_cls = MODELS.get(model)
-    card = load_card(dataset, paths.dataset_cards)
-    card_path, model_defaults = model_card_defaults(model, paths)
-    return resolve([(f"dataset card {card.path}", card.config),
-                    (f"model card {card_path}", model_defaults),
-                    ("command line", cli), ("command-line flags", flags)], model_cls.Params)
+    return load_config(paths, [("command line", overrides), ("command-line flags", flags)])
 
 
 def main(argv: Sequence[str] | None = None, root: Path | None = None) -> int:

@@ -10,13 +10,14 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+import yaml
 
 from brmrs_pyg import __version__
-from brmrs_pyg.config import Config
+from brmrs_pyg.config import Config, ConfigError, RunConfig, resolve
 from brmrs_pyg.data.cards import DatasetCard, load_card
 from brmrs_pyg.data.mmrec import InteractionData, load_dataset
 from brmrs_pyg.data.synthetic import SyntheticSpec, ensure_generated
@@ -43,6 +44,33 @@ class Paths:
     @property
     def model_cards(self) -> Path:
         return self.root / "models"
+
+
+def model_card_defaults(name: str, paths: Paths) -> tuple[Path, dict[str, Any]]:
+    r"""The ``defaults:`` of ``models/<name>.yaml`` (empty when the model has no card)."""
+    path = paths.model_cards / f"{name}.yaml"
+    if not path.is_file():
+        return path, {}
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict) or set(raw) - {"defaults", "grid", "description"}:
+        raise ConfigError(f"{path}: a model card has keys defaults, grid and description only")
+    return path, dict(raw.get("defaults") or {})
+
+
+def load_config(paths: Paths, overrides: Sequence[tuple[str, Mapping[str, Any]]]) -> Config:
+    r"""Resolves a run's config: defaults <- dataset card ``config:`` <- model card
+    ``defaults:`` <- ``overrides`` (``(source, {key: value})`` in increasing priority, where
+    ``dataset`` and ``model`` are found too)."""
+    chosen: dict[str, Any] = {}
+    for _, layer in overrides:
+        chosen.update({k: layer[k] for k in ("dataset", "model") if k in layer})
+    dataset = str(chosen.get("dataset", RunConfig.dataset))
+    model = str(chosen.get("model", RunConfig.model))
+    model_cls = MODELS.get(model)
+    card = load_card(dataset, paths.dataset_cards)
+    card_path, model_defaults = model_card_defaults(model, paths)
+    return resolve([(f"dataset card {card.path}", card.config),
+                    (f"model card {card_path}", model_defaults), *overrides], model_cls.Params)
 
 
 def seed_everything(seed: int) -> None:

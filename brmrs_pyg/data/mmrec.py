@@ -155,7 +155,7 @@ def check_files(card: DatasetCard, data_dir: Path, modalities: tuple[ModalitySpe
     raise MissingFilesError(
         f"dataset {card.name!r}: missing {', '.join(missing)} in {data_dir}/\n"
         f"Expected files:\n" + "\n".join(lines) + "\n"
-        f"Where to get them:\n  " + card.source.replace("\n", "\n  ") + "\n"
+        "Where to get them:\n  " + card.source.replace("\n", "\n  ") + "\n"
         f"Put them in {data_dir}/ or pass --data-dir DIR pointing at a folder that has them.")
 
 
