@@ -15,8 +15,6 @@ from brmrs_pyg.recommenders import MODELS
 from brmrs_pyg.registry import UnknownNameError
 from brmrs_pyg.train import TrainingError
 
-log = logging.getLogger("brmrs_pyg")
-
 #: Flags of the command line and the config keys they set.
 FLAGS = {"dataset": str, "model": str, "data_dir": str, "seed": int, "epochs": int, "out": str}
 
@@ -84,13 +82,7 @@ def main(argv: Sequence[str] | None = None, root: Path | None = None) -> int:
                         datefmt="%H:%M:%S", stream=sys.stderr)
     try:
         config = resolve_config(args, paths)
-        out_dir = out_dir_of(config, paths)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(out_dir / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(handler)
-        log.info("output folder %s", out_dir)
-        run(config, paths, out_dir)
+        run(config, paths, out_dir_of(config, paths))
     except (ConfigError, DataError, UnknownNameError, TrainingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -4,13 +4,14 @@ This is where the resolved config is unpacked into the explicit arguments of eac
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -154,6 +155,32 @@ def run(config: Config, paths: Paths, out_dir: Path) -> dict[str, Any]:
              stats["num_test"], stats["modalities"])
     model = build_model(config, data, device)
     log.info("model %s on %s", model, device)
+    # the output folder is made only once data and model are ready, so a run that fails on
+    # its inputs leaves nothing behind
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with log_to_file(out_dir / "train.log"):
+        log.info("output folder %s", out_dir)
+        return _train_and_report(model, data, config, device, out_dir)
+
+
+@contextlib.contextmanager
+def log_to_file(path: Path) -> Iterator[None]:
+    r"""Copies the package's log records to ``path`` while the block runs."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    package_log = logging.getLogger("brmrs_pyg")
+    package_log.addHandler(handler)
+    try:
+        yield
+    finally:
+        package_log.removeHandler(handler)
+        handler.close()
+
+
+def _train_and_report(model: Recommender, data: InteractionData, config: Config,
+                      device: torch.device, out_dir: Path) -> dict[str, Any]:
+    r"""The training and reporting half of :func:`run`."""
+    run_cfg = config.run
     train_index, evaluators = build_evaluators(data, device, run_cfg.eval_batch_size)
     settings = TrainSettings(epochs=run_cfg.epochs, batch_size=run_cfg.batch_size,
                              lr=run_cfg.lr, patience=run_cfg.patience,
@@ -162,7 +189,7 @@ def run(config: Config, paths: Paths, out_dir: Path) -> dict[str, Any]:
     result = train(model, data.train.to(device), train_index, evaluators["valid"],
                    evaluators["test"], settings, checkpoint=out_dir / "best.pt", config=flat)
     results: dict[str, Any] = {
-        "config": flat, "dataset": stats, "best_epoch": result.best_epoch,
+        "config": flat, "dataset": data.stats(), "best_epoch": result.best_epoch,
         "valid": result.valid, "test": result.test,
         "timings": {"seconds_per_epoch": result.seconds_per_epoch,
                     "seconds_per_eval": result.seconds_per_eval},

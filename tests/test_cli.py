@@ -46,6 +46,7 @@ def test_missing_real_dataset_message(project, capsys):
     for text in ("sports.inter", "image_feat.npy", "text_feat.npy", "18357 x 4096",
                  "enoche/MMRec", "--data-dir"):
         assert text in err
+    assert not (project / "runs").exists()  # a run that fails on its inputs leaves nothing
 
 
 @pytest.mark.parametrize("model", ["lightgcn", "bpr"])
