@@ -149,17 +149,17 @@ def run(config: Config, paths: Paths, out_dir: Path) -> dict[str, Any]:
     device = resolve_device(run_cfg.device)
     card = load_card(run_cfg.dataset, paths.dataset_cards)
     data = load_data(card, config, paths)
-    stats = data.stats()
-    log.info("dataset %s: %d users, %d items, %d/%d/%d train/valid/test, modalities %s",
-             data.name, data.num_users, data.num_items, stats["num_train"], stats["num_valid"],
-             stats["num_test"], stats["modalities"])
     model = build_model(config, data, device)
-    log.info("model %s on %s", model, device)
     # the output folder is made only once data and model are ready, so a run that fails on
     # its inputs leaves nothing behind
     out_dir.mkdir(parents=True, exist_ok=True)
     with log_to_file(out_dir / "train.log"):
+        stats = data.stats()
         log.info("output folder %s", out_dir)
+        log.info("dataset %s: %d users, %d items, %d/%d/%d train/valid/test, modalities %s",
+                 data.name, data.num_users, data.num_items, stats["num_train"],
+                 stats["num_valid"], stats["num_test"], stats["modalities"])
+        log.info("model %s on %s", model, device)
         return _train_and_report(model, data, config, device, out_dir)
 
 
