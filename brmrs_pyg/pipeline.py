@@ -194,7 +194,8 @@ def _train_and_report(model: Recommender, data: InteractionData, config: Config,
         "timings": {"seconds_per_epoch": result.seconds_per_epoch,
                     "seconds_per_eval": result.seconds_per_eval},
         "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
-        "last_epoch_losses": result.last_losses, "version": __version__,
+        "last_epoch_losses": result.last_losses, "history": result.history,
+        "version": __version__,
     }
     if result.test_branches:
         results["test_branches"] = result.test_branches

@@ -64,6 +64,8 @@ def test_end_to_end_tiny_run(project, model, tmp_path):
         assert all(0.0 <= v <= 1.0 for v in res[split].values())
     assert res["dataset"]["num_users"] == 60 and res["dataset"]["num_items"] == 40
     assert res["timings"]["seconds_per_epoch"] > 0 and "version" in res
+    assert [h["epoch"] for h in res["history"]] == list(range(1, res["epochs_run"] + 1))
+    assert res["history"][res["best_epoch"] - 1]["recall@20"] == res["valid"]["recall@20"]
     ckpt = torch.load(out / "best.pt", weights_only=False)
     assert ckpt["epoch"] == res["best_epoch"] and ckpt["config"] == res["config"]
     train = {}
