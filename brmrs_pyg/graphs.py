@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import warnings
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ from torch_geometric.data import HeteroData
 
 from brmrs_pyg.data.mmrec import InteractionData
 from brmrs_pyg.io import atomic_torch_save
+from brmrs_pyg.nn.sparse import to_csr
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +201,4 @@ def to_adj_t(edge_index: Tensor, edge_weight: Tensor, num_nodes: int) -> Tensor:
     that ``M @ x`` aggregates messages at the receiving nodes (PyG's ``adj_t``)."""
     coo = torch.sparse_coo_tensor(edge_index.flip(0), edge_weight, (num_nodes, num_nodes),
                                   check_invariants=True)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return coo.coalesce().to_sparse_csr()
+    return to_csr(coo.coalesce())

@@ -106,7 +106,8 @@ def out_dir_of(config: Config, paths: Paths) -> Path:
     if config.run.out:
         return Path(config.run.out)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return paths.root / "runs" / f"{config.run.dataset}-{config.run.model}-s{config.run.seed}-{stamp}"
+    run = config.run
+    return paths.root / "runs" / f"{run.dataset}-{run.model}-s{run.seed}-{stamp}"
 
 
 def load_data(card: DatasetCard, config: Config, paths: Paths) -> InteractionData:
@@ -154,12 +155,7 @@ def run(config: Config, paths: Paths, out_dir: Path) -> dict[str, Any]:
     # its inputs leaves nothing behind
     out_dir.mkdir(parents=True, exist_ok=True)
     with log_to_file(out_dir / "train.log"):
-        stats = data.stats()
         log.info("output folder %s", out_dir)
-        log.info("dataset %s: %d users, %d items, %d/%d/%d train/valid/test, modalities %s",
-                 data.name, data.num_users, data.num_items, stats["num_train"],
-                 stats["num_valid"], stats["num_test"], stats["modalities"])
-        log.info("model %s on %s", model, device)
         return _train_and_report(model, data, config, device, out_dir)
 
 
@@ -181,6 +177,11 @@ def _train_and_report(model: Recommender, data: InteractionData, config: Config,
                       device: torch.device, out_dir: Path) -> dict[str, Any]:
     r"""The training and reporting half of :func:`run`."""
     run_cfg = config.run
+    stats = data.stats()
+    log.info("dataset %s: %d users, %d items, %d/%d/%d train/valid/test, modalities %s",
+             data.name, data.num_users, data.num_items, stats["num_train"], stats["num_valid"],
+             stats["num_test"], stats["modalities"])
+    log.info("model %s on %s", model, device)
     train_index, evaluators = build_evaluators(data, device, run_cfg.eval_batch_size)
     settings = TrainSettings(epochs=run_cfg.epochs, batch_size=run_cfg.batch_size,
                              lr=run_cfg.lr, patience=run_cfg.patience,
@@ -189,7 +190,7 @@ def _train_and_report(model: Recommender, data: InteractionData, config: Config,
     result = train(model, data.train.to(device), train_index, evaluators["valid"],
                    evaluators["test"], settings, checkpoint=out_dir / "best.pt", config=flat)
     results: dict[str, Any] = {
-        "config": flat, "dataset": data.stats(), "best_epoch": result.best_epoch,
+        "config": flat, "dataset": stats, "best_epoch": result.best_epoch,
         "valid": result.valid, "test": result.test,
         "timings": {"seconds_per_epoch": result.seconds_per_epoch,
                     "seconds_per_eval": result.seconds_per_eval},

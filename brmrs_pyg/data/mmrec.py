@@ -263,8 +263,8 @@ def _first_missing(present: np.ndarray, stop: int, limit: int) -> list[int]:
     bounds = np.concatenate([[-1], present, [stop]])
     missing: list[int] = []
     for gap in np.flatnonzero(np.diff(bounds) > 1):
-        missing.extend(range(int(bounds[gap]) + 1, min(int(bounds[gap + 1]), int(bounds[gap]) + 1
-                                                       + limit)))
-        if len(missing) >= limit:
+        first, end = int(bounds[gap]) + 1, int(bounds[gap + 1])
+        missing.extend(range(first, min(end, first + limit - len(missing))))
+        if len(missing) == limit:
             break
-    return missing[:limit]
+    return missing

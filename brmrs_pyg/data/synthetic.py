@@ -15,10 +15,9 @@ true preference
     s^*(u, i) = \sum_x \gamma_x \langle \theta_{u,x}, z_{i,x} \rangle + b_i,
 
 where :math:`b_i` is an item popularity bias. A user's positives are the top-:math:`n_u` items
-by :math:`s^*` plus Gumbel noise (a Plackett-Luce draw), with :math:`n_u` = ``min_interactions``
-+ a geometric tail of mean ``mean_interactions``; interactions are split per user as MMRec
-does. The
-result is written in MMRec format and read back through the ordinary reader.
+by :math:`s^*` plus Gumbel noise (a Plackett-Luce draw); :math:`n_u` is ``min_interactions``
+plus a geometric tail, with mean ``mean_interactions`` overall. Interactions are split per user
+as MMRec does, written in MMRec format and read back through the ordinary reader.
 """
 from __future__ import annotations
 

@@ -53,7 +53,7 @@ class Backbone(torch.nn.Module):
         self.num_layers = num_layers
         self.alpha: Tensor
         self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float))
-        self.convs: torch.nn.ModuleList = torch.nn.ModuleList(self.init_conv(layer) for layer in range(num_layers))
+        self.convs = torch.nn.ModuleList(self.init_conv(layer) for layer in range(num_layers))
 
     def init_conv(self, layer: int) -> MessagePassing:
         r"""Builds the convolution of layer ``layer`` (0-based)."""
