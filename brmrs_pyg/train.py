@@ -59,7 +59,8 @@ class TrainResult:
 def train_epoch(model: Recommender, optimizer: torch.optim.Optimizer, train_edges: Tensor,
                 train_index: PairIndex, batch_size: int, bar: tqdm | None = None
                 ) -> dict[str, float]:
-    r"""One pass over the shuffled training pairs, one uniform negative per pair.
+    r"""One pass over the shuffled training pairs, ``model.num_negatives`` uniform negatives
+    per pair.
 
     Returns:
         The mean of the total loss (``"loss"``) and of each term over the batches.
@@ -70,7 +71,7 @@ def train_epoch(model: Recommender, optimizer: torch.optim.Optimizer, train_edge
     num_batches = math.ceil(perm.numel() / batch_size)
     for step, idx in enumerate(perm.split(batch_size)):
         users, pos = train_edges[:, idx]
-        batch = Batch(users, pos, sample_negatives(users, train_index))
+        batch = Batch(users, pos, sample_negatives(users, train_index, model.num_negatives))
         loss, terms = model.loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -43,6 +43,10 @@ class Recommender(torch.nn.Module):
     #: The model's hyperparameter dataclass; its fields are config keys.
     Params: ClassVar[type]
 
+    #: Negatives the trainer samples per positive (``Batch.neg`` has this many columns);
+    #: models that pick hard negatives from a candidate pool ask for the pool size.
+    num_negatives: int = 1
+
     @classmethod
     def from_data(cls, params: Any, graph: HeteroData, features: dict[str, Tensor],
                   embedding_dim: int) -> "Recommender":
