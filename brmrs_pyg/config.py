@@ -52,6 +52,11 @@ class RunConfig:
     valid_metric: str = option("recall@20", "metric for early stopping and model selection")
     eval_batch_size: int = option(4096, "users scored at once during full-ranking evaluation")
     knn_k: int = option(10, "neighbours per item in each modality's item-item kNN graph")
+    ii_recipe: str = option("cosine", "item-item graph recipe: 'cosine' (one kNN graph per "
+                                      "modality) or 'mixed' (co-interaction overlap and cosine)")
+    ii_mix: float = option(0.5, "weight of the co-interaction overlap in the 'mixed' recipe")
+    uu_k: int = option(0, "neighbours per user in the user-user co-interaction graph "
+                          "(0: no user-user graph)")
     cache_dir: str = option("", "graph cache folder (default: ~/.cache/brmrs_pyg)")
     save_topk: bool = option(False, "write each test user's top-50 items to <out>/topk_test.tsv")
 
@@ -60,8 +65,12 @@ class RunConfig:
                     "knn_k"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.threads < 0:
-            raise ConfigError(f"threads must be >= 0, got {self.threads}")
+        if self.ii_recipe not in ("cosine", "mixed"):
+            raise ConfigError(f"ii_recipe must be 'cosine' or 'mixed', got {self.ii_recipe!r}")
+        if not 0.0 <= self.ii_mix <= 1.0:
+            raise ConfigError(f"ii_mix must lie in [0, 1], got {self.ii_mix}")
+        if self.threads < 0 or self.uu_k < 0:
+            raise ConfigError(f"threads and uu_k must be >= 0, got {self.threads}, {self.uu_k}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         name, _, k = self.valid_metric.partition("@")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -16,12 +18,12 @@ from torch_geometric.data import HeteroData
 
 from brmrs_pyg.data.mmrec import InteractionData
 from brmrs_pyg.io import atomic_torch_save
-from brmrs_pyg.nn.sparse import to_csr
+from brmrs_pyg.nn.sparse import to_adj_t
 
 log = logging.getLogger(__name__)
 
 #: Bump when the construction changes, so that caches from older code are not used.
-GRAPH_VERSION = 1
+GRAPH_VERSION = 2
 UI = ("user", "interacts", "item")
 IU = ("item", "interacted_by", "user")
 
@@ -62,12 +64,52 @@ def sym_norm(edge_index: Tensor, num_nodes: int, edge_weight: Tensor | None = No
     return inv_sqrt[edge_index[0]] * edge_weight * inv_sqrt[edge_index[1]]
 
 
+def chunked_topk(num_rows: int, k: int, similarity: Callable[[int, int], Tensor],
+                 chunk_size: int | None = None, include_self: bool = False
+                 ) -> tuple[Tensor, Tensor]:
+    r"""The :math:`k` highest-scoring columns of every row of an implicit
+    :math:`N \times N` similarity matrix, computed a block of rows at a time.
+
+    The shared engine of every kNN graph here: memory stays
+    :math:`O(N k + \text{chunk} \cdot N)`, the dense matrix is never formed.
+
+    Args:
+        num_rows (int): :math:`N`.
+        k (int): Neighbours per row (capped at the number of candidates).
+        similarity (callable): ``similarity(start, stop)`` returns rows ``start:stop`` of the
+            matrix, shape :math:`(\text{stop} - \text{start}, N)`; it may be modified in place.
+        chunk_size (int, optional): Rows per block (default: about 64M entries a block).
+        include_self (bool, optional): Whether a row may select its own column.
+            (default: :obj:`False`)
+
+    Returns:
+        ``(edge_index, score)``: ``edge_index[0]`` the neighbour (column), ``edge_index[1]``
+        the row, shapes :math:`(2, N k)` and :math:`(N k,)`.
+    """
+    n = num_rows
+    k = min(k, n if include_self else n - 1)
+    if k <= 0:
+        return torch.empty(2, 0, dtype=torch.long), torch.empty(0)
+    chunk_size = chunk_size or max(1, 2**26 // max(n, 1))
+    neighbours, scores = [], []
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        sim = similarity(start, stop)
+        if not include_self:
+            rows = torch.arange(stop - start, device=sim.device)
+            sim[rows, rows + start] = -float("inf")
+        val, idx = sim.topk(k, dim=1)
+        neighbours.append(idx)
+        scores.append(val)
+    nbr = torch.cat(neighbours).reshape(-1)
+    node = torch.arange(n, device=nbr.device).repeat_interleave(k)
+    return torch.stack([nbr, node]), torch.cat(scores).reshape(-1)
+
+
 def knn_graph(x: Tensor, k: int, chunk_size: int | None = None,
               include_self: bool = False) -> tuple[Tensor, Tensor]:
-    r"""Top-:math:`k` cosine-similarity neighbours of every row of ``x``.
-
-    Computed in chunks of rows, so memory stays :math:`O(N k + \text{chunk} \cdot N)`; the
-    dense :math:`N \times N` similarity matrix is never formed.
+    r"""Top-:math:`k` cosine-similarity neighbours of every row of ``x``
+    (:func:`chunked_topk` over :math:`\cos(\mathbf{x}_i, \mathbf{x}_j)`).
 
     Args:
         x (Tensor): Features, shape :math:`(N, d)`. Zero rows have similarity 0 to all.
@@ -80,34 +122,118 @@ def knn_graph(x: Tensor, k: int, chunk_size: int | None = None,
         ``(edge_index, similarity)``: ``edge_index[0]`` the neighbour, ``edge_index[1]`` the
         node, shapes :math:`(2, N k)` and :math:`(N k,)`.
     """
-    n = x.size(0)
-    k = min(k, n if include_self else n - 1)
-    if k <= 0:
-        return torch.empty(2, 0, dtype=torch.long), torch.empty(0)
-    chunk_size = chunk_size or max(1, 2**26 // max(n, 1))
     xn = torch.nn.functional.normalize(x.float(), dim=1)
-    neighbours, sims = [], []
-    for start in range(0, n, chunk_size):
-        sim = xn[start:start + chunk_size] @ xn.T
-        if not include_self:
-            rows = torch.arange(sim.size(0), device=sim.device)
-            sim[rows, rows + start] = -float("inf")
-        val, idx = sim.topk(k, dim=1)
-        neighbours.append(idx)
-        sims.append(val)
-    nbr = torch.cat(neighbours).reshape(-1)
-    node = torch.arange(n, device=x.device).repeat_interleave(k)
-    return torch.stack([nbr, node]), torch.cat(sims).reshape(-1)
+    return chunked_topk(x.size(0), k, lambda a, b: xn[a:b] @ xn.T, chunk_size, include_self)
 
 
-def build_graph(data: InteractionData, knn_k: int) -> HeteroData:
+def _incidence(rows: Tensor, cols: Tensor, shape: tuple[int, int]) -> Tensor:
+    r"""Binary sparse matrix with ones at ``(rows, cols)``, duplicates counted once."""
+    coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(rows.numel()), shape,
+                                  check_invariants=True).coalesce()
+    return torch.sparse_coo_tensor(coo.indices(), torch.ones(coo.indices().size(1)), shape,
+                                   check_invariants=True).coalesce()
+
+
+def co_interaction_graph(train: Tensor, num_users: int, num_items: int, k: int,
+                         chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
+    r"""User-user graph: the :math:`k` users sharing most training items with each user,
+
+    .. math::
+        c_{uv} = |\mathcal{O}_u \cap \mathcal{O}_v|,
+
+    ties broken by ``topk``; pairs with :math:`c_{uv} = 0` are dropped.
+
+    Returns:
+        ``(edge_index, count)`` as :func:`chunked_topk`, neighbours sending to the user.
+    """
+    users, items = train
+    ui = _incidence(users, items, (num_users, num_items))
+
+    def counts(start: int, stop: int) -> Tensor:
+        block = ui.index_select(0, torch.arange(start, stop)).to_dense()  # (b, I)
+        return torch.sparse.mm(ui, block.t()).t().contiguous()  # (b, U)
+
+    edge_index, count = chunked_topk(num_users, k, counts, chunk_size)
+    keep = count > 0
+    return edge_index[:, keep], count[keep]
+
+
+def mixed_item_graph(train: Tensor, num_users: int, features: dict[str, Tensor], k: int,
+                     mix: float, chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
+    r"""One item-item graph mixing co-interaction overlap and modality similarity (the later
+    draft of BR-MRS, DESIGN section 1),
+
+    .. math::
+        e_{ij} = a \, \frac{|\mathcal{N}_i \cap \mathcal{N}_j|}
+        {|\mathcal{N}_i \cup \mathcal{N}_j|} + (1 - a) \sum_m b_m
+        \cos(\mathbf{x}^m_i, \mathbf{x}^m_j), \qquad b_m = 1/M,
+
+    with :math:`\mathcal{N}_i` the training users of item :math:`i` (overlap as Jaccard, so
+    that both parts lie in :math:`[0, 1]`-comparable ranges), top-:math:`k` sparsified per item.
+
+    Returns:
+        ``(edge_index, weight)`` as :func:`chunked_topk`.
+    """
+    if not 0.0 <= mix <= 1.0:
+        raise ValueError(f"mix must lie in [0, 1], got {mix}")
+    users, items = train
+    num_items = next(iter(features.values())).size(0)
+    iu = _incidence(items, users, (num_items, num_users))
+    degree = torch.sparse.sum(iu, dim=1).to_dense()
+    normed = [torch.nn.functional.normalize(x.float(), dim=1) for x in features.values()]
+
+    def score(start: int, stop: int) -> Tensor:
+        block = iu.index_select(0, torch.arange(start, stop)).to_dense()  # (b, U)
+        common = torch.sparse.mm(iu, block.t()).t()  # (b, I)
+        union = degree[start:stop, None] + degree[None, :] - common
+        jaccard = torch.where(union > 0, common / union.clamp_min(1), torch.zeros(()))
+        cos = sum(x[start:stop] @ x.T for x in normed) / len(normed)
+        return mix * jaccard + (1 - mix) * torch.as_tensor(cos)
+
+    return chunked_topk(num_items, k, score, chunk_size)
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    r"""How the training graph is built (the graph keys of the run config).
+
+    Args:
+        knn_k (int): Neighbours per item in each item-item graph.
+        ii_recipe (str): ``"cosine"``: one kNN graph per modality from that modality's cosine
+            similarity (binary, symmetrically normalised); ``"mixed"``: one graph of
+            :func:`mixed_item_graph` weights, used as every modality's item-item graph.
+        ii_mix (float): :math:`a` of the mixed recipe (weight of the co-interaction overlap).
+        uu_k (int): Neighbours per user in the user-user co-interaction graph (0: none).
+    """
+
+    knn_k: int = 10
+    ii_recipe: str = "cosine"
+    ii_mix: float = 0.5
+    uu_k: int = 0
+
+    def __post_init__(self) -> None:
+        if self.ii_recipe not in II_RECIPES:
+            raise ValueError(f"ii_recipe must be one of {II_RECIPES}, got {self.ii_recipe!r}")
+        if not 0.0 <= self.ii_mix <= 1.0:
+            raise ValueError(f"ii_mix must lie in [0, 1], got {self.ii_mix}")
+        if self.knn_k < 1 or self.uu_k < 0:
+            raise ValueError(f"knn_k must be >= 1 and uu_k >= 0, got {self.knn_k}, {self.uu_k}")
+
+
+II_RECIPES = ("cosine", "mixed")
+UU = ("user", "co_interacts", "user")
+
+
+def build_graph(data: InteractionData, spec: GraphSpec) -> HeteroData:
     r"""Builds the training graph of a dataset.
 
     Node types ``user`` and ``item``; edge types ``(user, interacts, item)`` and its reverse
     from the *training* interactions, with LightGCN-normalised ``edge_weight``
-    (:math:`1/\sqrt{d_u d_i}`); and per modality ``m`` an ``(item, knn_m, item)`` graph with
-    the cosine similarity in ``edge_attr`` and the symmetrically normalised binary adjacency
-    in ``edge_weight``.
+    (:math:`1/\sqrt{d_u d_i}`); per modality ``m`` an ``(item, knn_m, item)`` graph
+    (``spec.ii_recipe``) with its raw similarity in ``edge_attr`` and its symmetrically
+    normalised adjacency in ``edge_weight`` (binary for ``cosine``, weighted for ``mixed``);
+    with ``spec.uu_k > 0`` a ``(user, co_interacts, user)`` graph (co-interaction counts in
+    ``edge_attr``, normalised binary adjacency in ``edge_weight``).
     """
     graph = HeteroData()
     graph["user"].num_nodes = data.num_users
@@ -120,19 +246,30 @@ def build_graph(data: InteractionData, knn_k: int) -> HeteroData:
     graph[UI].edge_weight = weight
     graph[IU].edge_index = data.train.flip(0)
     graph[IU].edge_weight = weight.clone()
+    if spec.ii_recipe == "mixed" and data.features:
+        mixed = mixed_item_graph(data.train, data.num_users, data.features, spec.knn_k,
+                                 spec.ii_mix)
     for modality, x in data.features.items():
-        edge_index, sim = knn_graph(x, knn_k)
+        if spec.ii_recipe == "mixed":
+            edge_index, sim = mixed[0].clone(), mixed[1].clone()
+            norm = sym_norm(edge_index, data.num_items, sim.clamp_min(0))
+        else:
+            edge_index, sim = knn_graph(x, spec.knn_k)
+            norm = sym_norm(edge_index, data.num_items)
         store = graph[knn_edge_type(modality)]
-        store.edge_index = edge_index
-        store.edge_attr = sim
-        store.edge_weight = sym_norm(edge_index, data.num_items)
+        store.edge_index, store.edge_attr, store.edge_weight = edge_index, sim, norm
+    if spec.uu_k > 0:
+        edge_index, count = co_interaction_graph(data.train, data.num_users, data.num_items,
+                                                 spec.uu_k)
+        graph[UU].edge_index, graph[UU].edge_attr = edge_index, count
+        graph[UU].edge_weight = sym_norm(edge_index, data.num_users)
     return graph
 
 
-def graph_key(data: InteractionData, knn_k: int) -> str:
+def graph_key(data: InteractionData, spec: GraphSpec) -> str:
     r"""Hex digest over the graph code version, every setting and every input tensor."""
     h = hashlib.sha256()
-    h.update(f"v{GRAPH_VERSION}|{data.num_users}|{data.num_items}|k={knn_k}".encode())
+    h.update(f"v{GRAPH_VERSION}|{data.num_users}|{data.num_items}|{spec}".encode())
     h.update(data.train.contiguous().numpy().tobytes())
     for modality in sorted(data.features):
         x = data.features[modality].contiguous()
@@ -141,13 +278,14 @@ def graph_key(data: InteractionData, knn_k: int) -> str:
     return h.hexdigest()
 
 
-def load_or_build_graph(data: InteractionData, knn_k: int, cache_dir: Path | None) -> HeteroData:
+def load_or_build_graph(data: InteractionData, spec: GraphSpec,
+                        cache_dir: Path | None) -> HeteroData:
     r"""Returns :func:`build_graph`'s result, from ``cache_dir`` when an entry with the same
     :func:`graph_key` exists there; builds and stores it otherwise. ``None`` disables the
     cache. An unreadable entry is rebuilt with a warning."""
     if cache_dir is None:
-        return build_graph(data, knn_k)
-    path = Path(cache_dir) / "graphs" / f"{data.name}-{graph_key(data, knn_k)[:24]}.pt"
+        return build_graph(data, spec)
+    path = Path(cache_dir) / "graphs" / f"{data.name}-{graph_key(data, spec)[:24]}.pt"
     if path.is_file():
         try:
             graph = _from_tensors(torch.load(path, weights_only=True))
@@ -155,8 +293,8 @@ def load_or_build_graph(data: InteractionData, knn_k: int, cache_dir: Path | Non
             return graph
         except Exception as exc:  # any unreadable cache entry is rebuilt, never trusted
             log.warning("graph cache %s is unreadable (%s); rebuilding it", path, exc)
-    log.info("building graph (knn_k=%d) for %s", knn_k, data.name)
-    graph = build_graph(data, knn_k)
+    log.info("building graph (%s) for %s", spec, data.name)
+    graph = build_graph(data, spec)
     atomic_torch_save(_to_tensors(graph), path)
     return graph
 
@@ -180,6 +318,16 @@ def _from_tensors(tensors: dict[str, Tensor]) -> HeteroData:
     return graph
 
 
+def bipartite_edges(graph: HeteroData) -> tuple[Tensor, Tensor]:
+    r"""The user-item graph in both directions over the homogeneous node set (users, then
+    items): ``(edge_index, edge_weight)``, shapes :math:`(2, 2E)` and :math:`(2E,)`."""
+    num_users = graph["user"].num_nodes
+    users, items = graph[UI].edge_index
+    edge_index = torch.stack([torch.cat([users, items + num_users]),
+                              torch.cat([items + num_users, users])])
+    return edge_index, torch.cat([graph[UI].edge_weight, graph[IU].edge_weight])
+
+
 def bipartite_adj_t(graph: HeteroData) -> Tensor:
     r"""The normalised user-item adjacency over the homogeneous node set (users, then items),
     as a sparse CSR tensor in PyG's ``adj_t`` layout (row = receiver), ready for ``LGConv``.
@@ -187,18 +335,5 @@ def bipartite_adj_t(graph: HeteroData) -> Tensor:
     Shapes:
         - **output**: :math:`(|\mathcal{U}|+|\mathcal{I}|, |\mathcal{U}|+|\mathcal{I}|)`.
     """
-    num_users = graph["user"].num_nodes
-    n = num_users + graph["item"].num_nodes
-    users, items = graph[UI].edge_index
-    edge_index = torch.stack([torch.cat([users, items + num_users]),
-                              torch.cat([items + num_users, users])])
-    weight = torch.cat([graph[UI].edge_weight, graph[IU].edge_weight])
-    return to_adj_t(edge_index, weight, n)
-
-
-def to_adj_t(edge_index: Tensor, edge_weight: Tensor, num_nodes: int) -> Tensor:
-    r"""Sparse CSR matrix :math:`M` with :math:`M_{ij}` = weight of edge :math:`j \to i`, so
-    that ``M @ x`` aggregates messages at the receiving nodes (PyG's ``adj_t``)."""
-    coo = torch.sparse_coo_tensor(edge_index.flip(0), edge_weight, (num_nodes, num_nodes),
-                                  check_invariants=True)
-    return to_csr(coo.coalesce())
+    n = graph["user"].num_nodes + graph["item"].num_nodes
+    return to_adj_t(*bipartite_edges(graph), n)

@@ -23,7 +23,7 @@ from brmrs_pyg.data.cards import DatasetCard, load_card
 from brmrs_pyg.data.mmrec import InteractionData, load_dataset
 from brmrs_pyg.data.synthetic import SyntheticSpec, ensure_generated
 from brmrs_pyg.evaluation import Evaluator
-from brmrs_pyg.graphs import load_or_build_graph
+from brmrs_pyg.graphs import GraphSpec, load_or_build_graph
 from brmrs_pyg.interactions import PairIndex
 from brmrs_pyg.io import atomic_write_json, atomic_write_text
 from brmrs_pyg.recommenders import MODELS, Recommender
@@ -121,8 +121,16 @@ def load_data(card: DatasetCard, config: Config, paths: Paths) -> InteractionDat
 
 def build_model(config: Config, data: InteractionData, device: torch.device) -> Recommender:
     r"""The model of ``config`` on ``device``, built on the (cached) training graph."""
-    graph = load_or_build_graph(data, config.run.knn_k, cache_dir_of(config))
-    model_cls = MODELS.get(config.run.model)
+    run = config.run
+    model_cls = MODELS.get(run.model)
+    if run.uu_k and not model_cls.uses_user_graph:
+        raise ConfigError(f"uu_k={run.uu_k}: model {run.model} does not use a user-user graph")
+    if run.ii_recipe != "cosine" and not model_cls.uses_item_graphs:
+        raise ConfigError(f"ii_recipe={run.ii_recipe}: model {run.model} does not use "
+                          "item-item graphs")
+    spec = GraphSpec(knn_k=run.knn_k, ii_recipe=run.ii_recipe, ii_mix=run.ii_mix,
+                     uu_k=run.uu_k)
+    graph = load_or_build_graph(data, spec, cache_dir_of(config))
     model = model_cls.from_data(config.model, graph, data.features, config.run.embedding_dim)
     return model.to(device)
 

@@ -2,8 +2,22 @@ import pytest
 import torch
 
 from brmrs_pyg.data.mmrec import InteractionData
-from brmrs_pyg.graphs import (IU, UI, bipartite_adj_t, build_graph, knn_edge_type, knn_graph,
-                              load_or_build_graph, sym_norm, to_adj_t)
+from brmrs_pyg.graphs import (
+    IU,
+    UI,
+    UU,
+    GraphSpec,
+    bipartite_adj_t,
+    build_graph,
+    co_interaction_graph,
+    graph_key,
+    knn_edge_type,
+    knn_graph,
+    load_or_build_graph,
+    mixed_item_graph,
+    sym_norm,
+    to_adj_t,
+)
 
 
 def dense(edge_index, weight, n):
@@ -61,7 +75,7 @@ def tiny_data(k_feat=4):
 
 def test_build_graph_structure():
     data = tiny_data()
-    g = build_graph(data, knn_k=2)
+    g = build_graph(data, GraphSpec(knn_k=2))
     assert g["user"].num_nodes == 4 and g["item"].num_nodes == 5
     assert torch.equal(g[UI].edge_index, data.train)
     assert torch.equal(g[IU].edge_index, data.train.flip(0))
@@ -73,7 +87,7 @@ def test_build_graph_structure():
 
 def test_bipartite_adjacency_is_lightgcn_normalisation():
     data = tiny_data()
-    adj = bipartite_adj_t(build_graph(data, knn_k=2)).to_dense()
+    adj = bipartite_adj_t(build_graph(data, GraphSpec(knn_k=2))).to_dense()
     n = 9
     a = torch.zeros(n, n)
     a[data.train[0], data.train[1] + 4] = 1
@@ -92,31 +106,101 @@ def test_adj_t_propagates_to_receivers():
 def test_cache_hit_and_rebuild_on_changed_setting(tmp_path, caplog):
     data = tiny_data()
     caplog.set_level("INFO")
-    g1 = load_or_build_graph(data, 2, tmp_path)
+    g1 = load_or_build_graph(data, GraphSpec(2), tmp_path)
     assert len(list((tmp_path / "graphs").glob("*.pt"))) == 1
     caplog.clear()
-    g2 = load_or_build_graph(data, 2, tmp_path)
+    g2 = load_or_build_graph(data, GraphSpec(2), tmp_path)
     assert "loaded from cache" in caplog.text
     for et in g1.edge_types:
         for key in ("edge_index", "edge_weight"):
             assert torch.equal(g1[et][key], g2[et][key])
     caplog.clear()
-    g3 = load_or_build_graph(data, 3, tmp_path)  # changing knn_k must rebuild
+    g3 = load_or_build_graph(data, GraphSpec(3), tmp_path)  # changing knn_k must rebuild
     assert "building graph" in caplog.text
     assert g3[knn_edge_type("text")].edge_index.size(1) == 15
     assert len(list((tmp_path / "graphs").glob("*.pt"))) == 2
     data.features["text"][0, 0] += 1.0  # changed input file contents must rebuild too
     caplog.clear()
-    load_or_build_graph(data, 2, tmp_path)
+    load_or_build_graph(data, GraphSpec(2), tmp_path)
     assert "building graph" in caplog.text
 
 
 def test_corrupt_cache_is_rebuilt(tmp_path, caplog):
     data = tiny_data()
-    load_or_build_graph(data, 2, tmp_path)
+    load_or_build_graph(data, GraphSpec(2), tmp_path)
     (entry,) = (tmp_path / "graphs").glob("*.pt")
     entry.write_bytes(b"not a checkpoint")
     caplog.set_level("INFO")
-    g = load_or_build_graph(data, 2, tmp_path)
+    g = load_or_build_graph(data, GraphSpec(2), tmp_path)
     assert "unreadable" in caplog.text
     assert g[knn_edge_type("text")].edge_index.size(1) == 10
+
+
+def small_data():
+    torch.manual_seed(0)
+    train = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 3, 3, 3, 4],
+                          [0, 1, 2, 1, 2, 0, 3, 1, 2, 4, 4]])
+    return InteractionData(name="g", num_users=5, num_items=5, train=train,
+                           valid=torch.tensor([[0], [3]]), test=torch.tensor([[1], [3]]),
+                           features={"a": torch.randn(5, 3), "b": torch.randn(5, 4)})
+
+
+def test_co_interaction_graph_matches_naive_counts():
+    data = small_data()
+    items_of = [set() for _ in range(5)]
+    for u, i in data.train.T.tolist():
+        items_of[u].add(i)
+    edge_index, count = co_interaction_graph(data.train, 5, 5, k=2)
+    by_user = {}
+    for (v, u), c in zip(edge_index.T.tolist(), count.tolist()):
+        assert c == len(items_of[u] & items_of[v]) > 0 and u != v
+        by_user.setdefault(u, []).append(c)
+    for u in range(5):
+        naive = sorted((len(items_of[u] & items_of[v]) for v in range(5) if v != u),
+                       reverse=True)[:2]
+        assert sorted(by_user.get(u, []), reverse=True) == [c for c in naive if c > 0]
+
+
+@pytest.mark.parametrize("mix", [0.0, 0.3, 1.0])
+def test_mixed_item_graph_matches_dense_formula(mix):
+    data = small_data()
+    users_of = [set() for _ in range(5)]
+    for u, i in data.train.T.tolist():
+        users_of[i].add(u)
+    expected = torch.zeros(5, 5)
+    for i in range(5):
+        for j in range(5):
+            union = len(users_of[i] | users_of[j])
+            jac = len(users_of[i] & users_of[j]) / union if union else 0.0
+            cos = sum(torch.cosine_similarity(x[i], x[j], dim=0)
+                      for x in data.features.values()) / 2
+            expected[i, j] = mix * jac + (1 - mix) * cos
+    edge_index, weight = mixed_item_graph(data.train, 5, data.features, k=2, mix=mix,
+                                          chunk_size=2)
+    for (j, i), w in zip(edge_index.T.tolist(), weight.tolist()):
+        assert w == pytest.approx(expected[i, j].item(), abs=1e-5)
+        row = expected[i].clone()
+        row[i] = -float("inf")
+        assert w >= row.topk(2).values[-1].item() - 1e-5
+
+
+def test_graph_spec_recipes_and_user_graph():
+    data = small_data()
+    cosine = build_graph(data, GraphSpec(knn_k=2))
+    assert UU not in cosine.edge_types
+    mixed = build_graph(data, GraphSpec(knn_k=2, ii_recipe="mixed", ii_mix=0.5, uu_k=2))
+    # the mixed recipe gives every modality the same (weighted) item-item graph
+    a, b = mixed[knn_edge_type("a")], mixed[knn_edge_type("b")]
+    assert torch.equal(a.edge_index, b.edge_index) and torch.equal(a.edge_attr, b.edge_attr)
+    assert not torch.equal(a.edge_index, cosine[knn_edge_type("a")].edge_index)
+    assert mixed[UU].edge_index.size(1) > 0
+    with pytest.raises(ValueError, match="ii_recipe"):
+        GraphSpec(ii_recipe="jaccard")
+
+
+def test_cache_key_covers_every_graph_setting():
+    data = small_data()
+    keys = {graph_key(data, spec) for spec in
+            [GraphSpec(), GraphSpec(knn_k=3), GraphSpec(ii_recipe="mixed"),
+             GraphSpec(ii_recipe="mixed", ii_mix=0.2), GraphSpec(uu_k=2)]}
+    assert len(keys) == 5

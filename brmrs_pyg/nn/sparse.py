@@ -54,3 +54,11 @@ def spmm(adj_t: Tensor, x: Tensor) -> Tensor:
     if adj_t.requires_grad:
         raise ValueError("spmm treats the sparse matrix as a constant; its values require grad")
     return _SpMM.apply(adj_t, x)
+
+
+def to_adj_t(edge_index: Tensor, edge_weight: Tensor, num_nodes: int) -> Tensor:
+    r"""Sparse CSR matrix :math:`M` with :math:`M_{ij}` = weight of edge :math:`j \to i`, so
+    that ``M @ x`` aggregates messages at the receiving nodes (PyG's ``adj_t``)."""
+    coo = torch.sparse_coo_tensor(edge_index.flip(0), edge_weight, (num_nodes, num_nodes),
+                                  check_invariants=True)
+    return to_csr(coo.coalesce())
