@@ -50,9 +50,48 @@ def test_backbone_without_edge_weights_refuses_them():
 
 def test_registry():
     assert BACKBONES.get("Light-GCN") is LightGCNBackbone
-    with pytest.raises(KeyError, match="choose one of: lightgcn"):
+    with pytest.raises(KeyError, match="choose one of: gat, gcn, lightgcn, sage"):
         BACKBONES.get("gcnn")
     reg = Registry("thing")
     reg.register("a")(int)
     with pytest.raises(KeyError, match="already registered"):
         reg.register("A")(float)
+
+
+@pytest.mark.parametrize("name", ["lightgcn", "gcn", "sage", "gat"])
+def test_every_backbone_runs_forward_and_backward(name, caplog):
+    torch.manual_seed(0)
+    backbone = BACKBONES.get(name)(3, num_layers=2)
+    graph, weight = backbone.graph_input(EDGES, sym_norm(EDGES, 4), num_nodes=4)
+    if not backbone.supports_edge_weight:
+        # the weights are not silently dropped: the backbone says it does not use them
+        assert "cannot use edge weights" in caplog.text
+        assert weight is None and torch.equal(graph, EDGES)
+    x = torch.randn(4, 3, requires_grad=True)
+    out = backbone(x, graph, weight)
+    assert out.shape == (4, 3)
+    out.pow(2).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    for param in backbone.parameters():
+        assert param.grad is not None
+
+
+@pytest.mark.parametrize("name", ["sage", "gat"])
+def test_weightless_backbones_refuse_weights(name):
+    backbone = BACKBONES.get(name)(3, num_layers=1)
+    with pytest.raises(ValueError, match="cannot use edge weights"):
+        backbone(torch.randn(4, 3), EDGES, torch.ones(6))
+
+
+def test_gcn_backbone_matches_dense_formula():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3)
+    w = sym_norm(EDGES, 4)
+    a = torch.zeros(4, 4)
+    a[EDGES[1], EDGES[0]] = w
+    backbone = BACKBONES.get("gcn")(3, num_layers=1)
+    weight = backbone.convs[0].lin.weight.detach()
+    expected = (x + a @ x @ weight.T) / 2
+    adj, _ = backbone.graph_input(EDGES, w, 4)
+    assert torch.allclose(backbone(x, adj), expected, atol=1e-6)
+    assert torch.allclose(backbone(x, EDGES, w), expected, atol=1e-6)

@@ -117,7 +117,7 @@ def test_readme_documents_every_key():
 def test_unknown_backbone_lists_backbones(project, capsys):
     assert run_cli(project, "--epochs", "1", "backbone=gat2") == 2
     err = capsys.readouterr().err
-    assert "unknown backbone 'gat2'; choose one of: lightgcn" in err and "Traceback" not in err
+    assert "unknown backbone 'gat2'; choose one of: gat, gcn, lightgcn, sage" in err and "Traceback" not in err
 
 
 def test_same_seed_same_metrics(project, tmp_path):

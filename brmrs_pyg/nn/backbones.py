@@ -8,14 +8,17 @@ says how to build layer :math:`l` (``init_conv``) and whether it uses edge weigh
 """
 from __future__ import annotations
 
-from typing import Final, Sequence
+import logging
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import Tensor
-from torch_geometric.nn import LGConv, MessagePassing
+from torch_geometric.nn import GATConv, GCNConv, LGConv, MessagePassing, SAGEConv
 
-from brmrs_pyg.nn.sparse import spmm
+from brmrs_pyg.nn.sparse import spmm, to_adj_t
 from brmrs_pyg.registry import Registry
+
+log = logging.getLogger(__name__)
 
 BACKBONES: Registry[type["Backbone"]] = Registry("backbone")
 
@@ -39,7 +42,7 @@ class Backbone(torch.nn.Module):
 
     #: Whether the convolutions use edge weights. A backbone that cannot raises when given
     #: weights instead of silently ignoring them.
-    supports_edge_weight: Final[bool] = True
+    supports_edge_weight: ClassVar[bool] = True
 
     def __init__(self, channels: int, num_layers: int,
                  alpha: Sequence[float] | None = None) -> None:
@@ -59,6 +62,18 @@ class Backbone(torch.nn.Module):
         r"""Builds the convolution of layer ``layer`` (0-based)."""
         raise NotImplementedError
 
+    def graph_input(self, edge_index: Tensor, edge_weight: Tensor, num_nodes: int
+                    ) -> tuple[Tensor, Tensor | None]:
+        r"""The ``(edge_index, edge_weight)`` arguments of :meth:`forward` for a weighted
+        graph: a sparse CSR ``adj_t`` carrying the weights when the backbone uses them;
+        otherwise the bare :math:`(2, E)` structure, and a log line saying the weights are
+        not used (never a silent drop)."""
+        if self.supports_edge_weight:
+            return to_adj_t(edge_index, edge_weight, num_nodes), None
+        log.warning("%s cannot use edge weights: it propagates over the unweighted graph with "
+                    "its own aggregation", type(self).__name__)
+        return edge_index, None
+
     def reset_parameters(self) -> None:
         for conv in self.convs:
             conv.reset_parameters()  # type: ignore[operator]
@@ -77,14 +92,24 @@ class Backbone(torch.nn.Module):
         return f"{type(self).__name__}({self.channels}, num_layers={self.num_layers})"
 
 
-class _LGConv(LGConv):
-    r"""PyG's ``LGConv`` whose sparse-matrix path uses :func:`~brmrs_pyg.nn.sparse.spmm`
-    (transpose computed once, not at every backward); identical results."""
+class _FastSparse:
+    r"""Mixin for convolutions whose aggregation is a weighted sum: their sparse-matrix path
+    uses :func:`~brmrs_pyg.nn.sparse.spmm` (transpose computed once, not at every backward);
+    identical results."""
 
-    def message_and_aggregate(self, adj_t: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
+    def message_and_aggregate(self, adj_t: Tensor, x: Tensor) -> Tensor:
         if isinstance(adj_t, Tensor) and adj_t.layout == torch.sparse_csr:
             return spmm(adj_t, x)
-        return super().message_and_aggregate(adj_t, x)
+        parent: Any = super()
+        return parent.message_and_aggregate(adj_t, x)
+
+
+class _LGConv(_FastSparse, LGConv):
+    pass
+
+
+class _GCNConv(_FastSparse, GCNConv):
+    pass
 
 
 @BACKBONES.register("lightgcn")
@@ -100,3 +125,54 @@ class LightGCNBackbone(Backbone):
 
     def init_conv(self, layer: int) -> MessagePassing:
         return _LGConv(normalize=False)
+
+
+@BACKBONES.register("gcn")
+class GCNBackbone(Backbone):
+    r"""Graph convolution (Kipf & Welling, ICLR 2017) with PyG's ``GCNConv`` on the
+    already-normalised graph, one weight matrix per layer and no non-linearity (as in
+    LightGCN's finding that activations hurt collaborative filtering),
+
+    .. math::
+        \mathbf{x}^{(l+1)}_i = \mathbf{W}^{(l)} \sum_{j \in \mathcal{N}(i)} \hat{a}_{ji}
+        \mathbf{x}^{(l)}_j.
+    """
+
+    def init_conv(self, layer: int) -> MessagePassing:
+        return _GCNConv(self.channels, self.channels, normalize=False, add_self_loops=False,
+                        bias=False)
+
+
+@BACKBONES.register("sage")
+class SAGEBackbone(Backbone):
+    r"""GraphSAGE (Hamilton et al., NeurIPS 2017) with PyG's ``SAGEConv``, mean aggregation,
+
+    .. math::
+        \mathbf{x}^{(l+1)}_i = \mathbf{W}_1 \mathbf{x}^{(l)}_i + \mathbf{W}_2
+        \operatorname{mean}_{j \in \mathcal{N}(i)} \mathbf{x}^{(l)}_j;
+
+    it has no use for edge weights.
+    """
+
+    supports_edge_weight: ClassVar[bool] = False
+
+    def init_conv(self, layer: int) -> MessagePassing:
+        return SAGEConv(self.channels, self.channels, aggr="mean")
+
+
+@BACKBONES.register("gat")
+class GATBackbone(Backbone):
+    r"""Graph attention (Veličković et al., ICLR 2018) with PyG's ``GATConv``, one head,
+    self-loops added,
+
+    .. math::
+        \mathbf{x}^{(l+1)}_i = \sum_{j \in \mathcal{N}(i) \cup \{i\}} \alpha_{ij}
+        \mathbf{W} \mathbf{x}^{(l)}_j;
+
+    the attention :math:`\alpha_{ij}` replaces edge weights, which it cannot use.
+    """
+
+    supports_edge_weight: ClassVar[bool] = False
+
+    def init_conv(self, layer: int) -> MessagePassing:
+        return GATConv(self.channels, self.channels, heads=1)
