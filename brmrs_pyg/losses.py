@@ -1,9 +1,14 @@
 r"""Losses as plain functions over scores and embeddings; they never see a model."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from brmrs_pyg.sampling import hardest_in_pool
 
 
 def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
@@ -41,3 +46,129 @@ def l2_reg(*embeddings: Tensor) -> Tensor:
     """
     total = sum(e.pow(2).sum() for e in embeddings)
     return torch.as_tensor(total) / (2 * embeddings[0].size(0))
+
+
+def chns_loss(pos: Mapping[str, Tensor], pool: Mapping[str, Tensor], k: int = 1) -> Tensor:
+    r"""Cross-modal hard negative sampling (BR-MRS, DESIGN section 1).
+
+    For each modality :math:`m'` the :math:`k` candidates of the pool that :math:`m'` scores
+    highest are its hardest negatives :math:`J_{m'}` (selected without gradient); every
+    modality :math:`m` is then trained with BPR against the hardest negatives of every *other*
+    modality,
+
+    .. math::
+        \mathcal{L}_{chns} = \sum_m \frac{1}{M-1} \sum_{m' \ne m} \frac{1}{k}
+        \sum_{j \in J_{m'}} -\log \sigma\big(s_m(u, i^+) - s_m(u, j)\big),
+
+    averaged over the batch. With :math:`M = 2` and :math:`k = 1` this is the paper's
+    :math:`-\log\sigma(s_t(u,i^+) - s_t(u,j_v)) - \log\sigma(s_v(u,i^+) - s_v(u,j_t))`.
+
+    Args:
+        pos (dict): Per modality, scores of the positives, shape :math:`(B,)`.
+        pool (dict): Per modality (same keys), scores of the same candidate pool, shape
+            :math:`(B, P)`; the pool must exclude the user's training items.
+        k (int, optional): Hard negatives per modality. (default: :obj:`1`)
+    """
+    names = list(pool)
+    if len(names) < 2 or set(names) != set(pos):
+        raise ValueError(f"CHNS needs the same >= 2 modalities in pos and pool, got "
+                         f"{sorted(pos)} and {names}")
+    hard = {m: hardest_in_pool(pool[m], k) for m in names}
+    total = pos[names[0]].new_zeros(())
+    for m in names:
+        per_other = [bpr_loss(pos[m], pool[m].gather(1, hard[o])) for o in names if o != m]
+        total = total + torch.stack(per_other).mean()
+    return total
+
+
+def synergy_loss(pos_fused: Tensor, neg_fused: Tensor, pos: Mapping[str, Tensor],
+                 neg: Mapping[str, Tensor], theta: float, reference_grad: bool = False
+                 ) -> Tensor:
+    r"""Synergy-aware BPR (BR-MRS, DESIGN section 1): the fused margin must beat the best
+    unimodal margin by :math:`\theta`,
+
+    .. math::
+        \Delta_b = s_b(u, i^+) - s_b(u, i^-), \qquad
+        \mathcal{L}_{syn} = -\log \sigma\big(\Delta_f - \max_m \Delta_m - \theta\big),
+
+    averaged over the batch.
+
+    Args:
+        pos_fused, neg_fused (Tensor): Fused scores of positives and negatives, :math:`(B,)`.
+        pos, neg (dict): Per modality, the scores of the same triples, :math:`(B,)`.
+        theta (float): The margin :math:`\theta`.
+        reference_grad (bool, optional): Whether :math:`\max_m \Delta_m` receives gradient
+            (the paper's "adaptive reference"); if not it is a constant target.
+            (default: :obj:`False`)
+    """
+    if not pos or set(pos) != set(neg):
+        raise ValueError(f"synergy needs the same modalities in pos and neg, got {sorted(pos)} "
+                         f"and {sorted(neg)}")
+    reference = torch.stack([pos[m] - neg[m] for m in pos]).max(0).values
+    if not reference_grad:
+        reference = reference.detach()
+    return -F.logsigmoid(pos_fused - neg_fused - reference - theta).mean()
+
+
+@dataclass(frozen=True)
+class CrossModalWeights:
+    r"""Weights of the BR-MRS objective (:func:`cross_modal_objective`).
+
+    Args:
+        lambda_bpr (float): Weight of the fused BPR.
+        lambda_h (float): Weight of CHNS.
+        lambda_s (float): Weight of the synergy loss.
+        theta (float): Synergy margin.
+        hard_k (int): Hard negatives per modality in CHNS.
+        reference_grad (bool): Whether the synergy reference margin receives gradient.
+    """
+
+    lambda_bpr: float = 1.0
+    lambda_h: float = 1.0
+    lambda_s: float = 1.0
+    theta: float = 0.1
+    hard_k: int = 1
+    reference_grad: bool = False
+
+
+def cross_modal_objective(pos: Mapping[str, Tensor], pool: Mapping[str, Tensor],
+                          weights: CrossModalWeights, fused: str = "fused"
+                          ) -> tuple[Tensor, dict[str, Tensor]]:
+    r"""The BR-MRS objective without the L2 term,
+
+    .. math::
+        \lambda_{bpr} \mathcal{L}_{bpr} + \lambda_h \mathcal{L}_{chns}
+        + \lambda_s \mathcal{L}_{syn},
+
+    from branch scores only, so it attaches to any model exposing per-modality and fused
+    scores. Column 0 of every pool is the uniform negative of :math:`\mathcal{L}_{bpr}` and
+    :math:`\mathcal{L}_{syn}` (a pool is a uniform sample, so any fixed column is one); the
+    whole pool of each modality feeds CHNS. Terms of weight 0 are skipped.
+
+    Args:
+        pos (dict): Per branch (every modality and ``fused``), positive scores :math:`(B,)`.
+        pool (dict): Per branch, scores of the candidate pool :math:`(B, P)`; the fused
+            branch needs only column 0, so its entry may be :math:`(B, 1)`.
+        weights (CrossModalWeights): The weights.
+        fused (str, optional): Name of the fused branch. (default: :obj:`"fused"`)
+
+    Returns:
+        ``(total, terms)``: the weighted sum and each computed term (detached).
+    """
+    modal_pos = {m: v for m, v in pos.items() if m != fused}
+    modal_pool = {m: v for m, v in pool.items() if m != fused}
+    neg_fused = pool[fused][:, 0]
+    terms: dict[str, Tensor] = {}
+    total = neg_fused.new_zeros(())
+    if weights.lambda_bpr:
+        terms["bpr"] = bpr_loss(pos[fused], neg_fused)
+        total = total + weights.lambda_bpr * terms["bpr"]
+    if weights.lambda_h:
+        terms["chns"] = chns_loss(modal_pos, modal_pool, weights.hard_k)
+        total = total + weights.lambda_h * terms["chns"]
+    if weights.lambda_s:
+        terms["syn"] = synergy_loss(pos[fused], neg_fused, modal_pos,
+                                    {m: v[:, 0] for m, v in modal_pool.items()},
+                                    weights.theta, weights.reference_grad)
+        total = total + weights.lambda_s * terms["syn"]
+    return total, {name: value.detach() for name, value in terms.items()}

@@ -38,3 +38,24 @@ def sample_negatives(users: Tensor, train: PairIndex, num_samples: int = 1,
     base = users[:, None] * train.num_items
     count = torch.searchsorted(train.gap_keys, base + rank, right=True) - train.rowptr[users, None]
     return rank + count
+
+
+@torch.no_grad()
+def hardest_in_pool(pool_scores: Tensor, k: int = 1) -> Tensor:
+    r"""Positions of the :math:`k` highest-scoring candidates of each row of a negative pool:
+    the hardest negatives under that score. Selection only, without gradient; gather the
+    scores you train on with the returned positions.
+
+    Args:
+        pool_scores (Tensor): Scores of the candidates, shape :math:`(B, P)`.
+        k (int, optional): Hard negatives per row, :math:`1 \le k \le P`. (default: :obj:`1`)
+
+    Shapes:
+        - **output**: :math:`(B, k)`, positions in :math:`[0, P)`.
+
+    >>> hardest_in_pool(torch.tensor([[0.1, 0.9, 0.5]]), k=2).tolist()
+    [[1, 2]]
+    """
+    if not 1 <= k <= pool_scores.size(-1):
+        raise ValueError(f"k must lie in [1, pool size {pool_scores.size(-1)}], got {k}")
+    return pool_scores.topk(k, dim=-1).indices

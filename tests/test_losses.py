@@ -3,7 +3,15 @@ import math
 import pytest
 import torch
 
-from brmrs_pyg.losses import bpr_loss, l2_reg
+from brmrs_pyg.losses import (
+    CrossModalWeights,
+    bpr_loss,
+    chns_loss,
+    cross_modal_objective,
+    l2_reg,
+    synergy_loss,
+)
+from brmrs_pyg.sampling import hardest_in_pool
 
 
 def test_bpr_hand_computed():
@@ -32,3 +40,159 @@ def test_l2_reg_hand_computed():
     i = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
     # (1 + 4 + 0 + 1 + 9 + 0 + 1 + 1) / (2 * 2)
     assert l2_reg(u, i).item() == pytest.approx(17 / 4)
+
+
+# --- BR-MRS losses on a hand-worked case -------------------------------------------------
+# 3 users, 5 items, two modalities, 1-d embeddings so that every score is a product:
+#   text   p_t = [1, 2, -1],  q_t = [0.5, -1, 2, 0, 1]
+#   visual p_v = [2, -1, 1],  q_v = [1, 0.5, -0.5, 2, 0]
+#   fused (mean phi) p_f = [1.5, 0.5, 0], q_f = [0.75, -0.25, 0.75, 1, 0.5]
+# positives u0->0, u1->2, u2->3; pools (training items excluded) u0 [1,2,3], u1 [0,3,4],
+# u2 [0,1,4]; column 0 of each pool is the uniform negative.
+P_T, Q_T = torch.tensor([1.0, 2, -1]), torch.tensor([0.5, -1, 2, 0, 1])
+P_V, Q_V = torch.tensor([2.0, -1, 1]), torch.tensor([1.0, 0.5, -0.5, 2, 0])
+POS = torch.tensor([0, 2, 3])
+POOL = torch.tensor([[1, 2, 3], [0, 3, 4], [0, 1, 4]])
+
+
+def hand_scores():
+    p_f, q_f = (P_T + P_V) / 2, (Q_T + Q_V) / 2
+    pos = {b: p * q[POS] for b, (p, q) in
+           {"text": (P_T, Q_T), "visual": (P_V, Q_V), "fused": (p_f, q_f)}.items()}
+    pool = {b: p[:, None] * q[POOL] for b, (p, q) in
+            {"text": (P_T, Q_T), "visual": (P_V, Q_V), "fused": (p_f, q_f)}.items()}
+    return pos, pool
+
+
+def softplus_neg(xs):
+    r""":math:`-\log\sigma(x) = \log(1 + e^{-x})`, averaged, in plain Python."""
+    return sum(math.log1p(math.exp(-x)) for x in xs) / len(xs)
+
+
+def test_hand_scores_are_the_ones_worked_out():
+    pos, pool = hand_scores()
+    assert pos["text"].tolist() == [0.5, 4.0, 0.0]
+    assert pos["visual"].tolist() == [2.0, 0.5, 2.0]
+    assert pool["text"].tolist() == [[-1.0, 2.0, 0.0], [1.0, 0.0, 2.0], [-0.5, 1.0, -1.0]]
+    assert pool["visual"].tolist() == [[1.0, -1.0, 4.0], [-1.0, -2.0, 0.0], [1.0, 0.5, 0.0]]
+
+
+def test_chns_hand_computed():
+    pos, pool = hand_scores()
+    # hardest under text: u0 item 2, u1 item 4, u2 item 1; under visual: items 3, 4, 0.
+    # text is trained on visual's hardest: s_t = 0, 2, -0.5 -> margins 0.5, 2, 0.5;
+    # visual on text's hardest: s_v = -1, 0, 0.5 -> margins 3, 0.5, 1.5.
+    expected = softplus_neg([0.5, 2, 0.5]) + softplus_neg([3, 0.5, 1.5])
+    got = chns_loss({m: pos[m] for m in ("text", "visual")},
+                    {m: pool[m] for m in ("text", "visual")})
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_synergy_hand_computed():
+    pos, pool = hand_scores()
+    # uniform negatives (pool column 0): u0 item 1, u1 item 0, u2 item 0
+    # fused margins D_f = 1.5, 0, 0; text D_t = 1.5, 3, 0.5; visual D_v = 1, 1.5, 1
+    # best unimodal 1.5, 3, 1 -> arguments D_f - max - 0.1 = -0.1, -3.1, -1.1
+    expected = softplus_neg([-0.1, -3.1, -1.1])
+    got = synergy_loss(pos["fused"], pool["fused"][:, 0],
+                       {m: pos[m] for m in ("text", "visual")},
+                       {m: pool[m][:, 0] for m in ("text", "visual")}, theta=0.1)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_objective_hand_computed_and_weighted():
+    pos, pool = hand_scores()
+    weights = CrossModalWeights(lambda_bpr=0.5, lambda_h=2.0, lambda_s=3.0, theta=0.1)
+    total, terms = cross_modal_objective(pos, pool, weights)
+    bpr = softplus_neg([1.5, 0, 0])
+    chns = softplus_neg([0.5, 2, 0.5]) + softplus_neg([3, 0.5, 1.5])
+    syn = softplus_neg([-0.1, -3.1, -1.1])
+    assert terms["bpr"].item() == pytest.approx(bpr, rel=1e-6)
+    assert terms["chns"].item() == pytest.approx(chns, rel=1e-6)
+    assert terms["syn"].item() == pytest.approx(syn, rel=1e-6)
+    assert total.item() == pytest.approx(0.5 * bpr + 2 * chns + 3 * syn, rel=1e-6)
+    # zero weights skip their terms
+    _, terms = cross_modal_objective(pos, pool, CrossModalWeights(lambda_h=0, lambda_s=0))
+    assert set(terms) == {"bpr"}
+
+
+def naive_chns(pos, pool, k):
+    r"""CHNS with Python loops over samples, modalities and ranks."""
+    names = list(pool)
+    total = 0.0
+    for m in names:
+        per_other = []
+        for o in names:
+            if o == m:
+                continue
+            losses = []
+            for b in range(pool[o].size(0)):
+                order = sorted(range(pool[o].size(1)), key=lambda j: -pool[o][b, j].item())
+                for j in order[:k]:
+                    losses.append(math.log1p(math.exp(-(pos[m][b] - pool[m][b, j]).item())))
+            per_other.append(sum(losses) / len(losses))
+        total += sum(per_other) / len(per_other)
+    return total
+
+
+@pytest.mark.parametrize("num_modalities,k", [(2, 1), (2, 4), (3, 1), (3, 3)])
+def test_chns_matches_naive_loop(num_modalities, k):
+    torch.manual_seed(num_modalities * 10 + k)
+    names = [f"m{i}" for i in range(num_modalities)]
+    pos = {m: torch.randn(7) for m in names}
+    # distinct scores, so the top-k set is unique
+    pool = {m: torch.randperm(60)[:7 * 6].view(7, 6).float() / 10 for m in names}
+    assert chns_loss(pos, pool, k).item() == pytest.approx(naive_chns(pos, pool, k), rel=1e-5)
+
+
+def test_top_k_selection_equals_brute_force():
+    torch.manual_seed(0)
+    scores = torch.randn(50, 12)
+    got = hardest_in_pool(scores, k=4)
+    for row, picked in zip(scores.tolist(), got.tolist()):
+        brute = sorted(range(12), key=lambda j: -row[j])[:4]
+        assert sorted(picked) == sorted(brute)
+
+
+def test_hard_selection_carries_no_gradient_but_the_loss_does():
+    pool = torch.randn(5, 4, requires_grad=True)
+    assert not hardest_in_pool(pool, 2).requires_grad
+    pos = {"a": torch.randn(5, requires_grad=True), "b": torch.randn(5, requires_grad=True)}
+    pools = {"a": pool, "b": torch.randn(5, 4, requires_grad=True)}
+    chns_loss(pos, pools, 2).backward()
+    assert pool.grad is not None and pool.grad.abs().sum() > 0
+    # only the selected candidates of modality a (picked by b) receive gradient
+    assert int((pool.grad != 0).sum(1).max()) <= 2
+
+
+def test_chns_and_synergy_reject_bad_inputs():
+    with pytest.raises(ValueError, match=">= 2 modalities"):
+        chns_loss({"a": torch.zeros(2)}, {"a": torch.zeros(2, 3)})
+    with pytest.raises(ValueError, match="k must lie"):
+        hardest_in_pool(torch.zeros(2, 3), k=4)
+    with pytest.raises(ValueError, match="same modalities"):
+        synergy_loss(torch.zeros(2), torch.zeros(2), {"a": torch.zeros(2)}, {}, theta=0.1)
+
+
+@pytest.mark.parametrize("reference_grad", [False, True])
+def test_synergy_reference_gradient_option(reference_grad):
+    r"""The option decides whether the unimodal branches get gradient from L_syn."""
+    torch.manual_seed(0)
+    branch = {b: torch.randn(4, 3, requires_grad=True) for b in ("text", "visual", "fused")}
+    user = torch.randn(4, 3)
+
+    def scores(b, shift):
+        return (user * branch[b].roll(shift, 0)).sum(-1)
+
+    loss = synergy_loss(scores("fused", 0), scores("fused", 1),
+                        {m: scores(m, 0) for m in ("text", "visual")},
+                        {m: scores(m, 1) for m in ("text", "visual")}, theta=0.2,
+                        reference_grad=reference_grad)
+    loss.backward()
+    assert branch["fused"].grad is not None and branch["fused"].grad.abs().sum() > 0
+    unimodal = [branch[m].grad for m in ("text", "visual")]
+    if reference_grad:
+        # the reference is a max: exactly the winning modality of each triple gets gradient
+        assert sum(float(g.abs().sum()) for g in unimodal if g is not None) > 0
+    else:
+        assert all(g is None for g in unimodal)

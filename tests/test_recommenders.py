@@ -5,7 +5,7 @@ import torch
 
 from brmrs_pyg.config import resolve
 from brmrs_pyg.data.mmrec import InteractionData
-from brmrs_pyg.graphs import build_graph
+from brmrs_pyg.graphs import GraphSpec, build_graph
 from brmrs_pyg.recommenders import MODELS, Batch, LightGCN, MF
 
 
@@ -14,7 +14,7 @@ def tiny_graph():
     data = InteractionData(name="t", num_users=3, num_items=3, train=train,
                            valid=torch.tensor([[0], [2]]), test=torch.tensor([[1], [2]]),
                            features={"text": torch.randn(3, 4)})
-    return build_graph(data, knn_k=1), train
+    return build_graph(data, GraphSpec(knn_k=1)), train
 
 
 def build(name, **overrides):

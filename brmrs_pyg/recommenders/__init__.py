@@ -3,6 +3,7 @@ r"""Recommenders: each turns graphs and features into user/item embeddings, no I
 Importing this package registers every model in :data:`MODELS`.
 """
 from brmrs_pyg.recommenders.base import MODELS, Batch, Recommender
+from brmrs_pyg.recommenders.brmrs import BRMRS
 from brmrs_pyg.recommenders.lightgcn import LightGCN
 from brmrs_pyg.recommenders.mf import MF
 

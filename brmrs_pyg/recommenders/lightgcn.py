@@ -12,7 +12,7 @@ from brmrs_pyg.config import option
 from brmrs_pyg.graphs import bipartite_adj_t
 from brmrs_pyg.losses import bpr_loss, l2_reg
 from brmrs_pyg.nn.backbones import BACKBONES, Backbone
-from brmrs_pyg.recommenders.base import MODELS, Batch, Recommender
+from brmrs_pyg.recommenders.base import MODELS, Batch, Recommender, gather
 
 
 @dataclass(frozen=True)
@@ -75,11 +75,12 @@ class LightGCN(Recommender):
 
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         user, item = self()
-        u = user[batch.users]
-        bpr = bpr_loss((u * item[batch.pos]).sum(-1), (u[:, None] * item[batch.neg]).sum(-1))
+        u = gather(user, batch.users)
+        bpr = bpr_loss((u * gather(item, batch.pos)).sum(-1),
+                       (u[:, None] * gather(item, batch.neg)).sum(-1))
         ego = self.embedding.weight
-        reg = l2_reg(ego[batch.users], ego[self.num_users + batch.pos],
-                     ego[self.num_users + batch.neg].flatten(0, 1))
+        reg = l2_reg(gather(ego, batch.users), gather(ego, self.num_users + batch.pos),
+                     gather(ego, self.num_users + batch.neg).flatten(0, 1))
         return bpr + self.reg_weight * reg, {"bpr": bpr.detach(), "reg": reg.detach()}
 
     def __repr__(self) -> str:

@@ -1,0 +1,268 @@
+r"""BR-MRS: per-modality graph channels, a fused branch, and the two BPR reformulations
+(cross-modal hard negative sampling and synergy-aware BPR), DESIGN section 1."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from brmrs_pyg.config import ConfigError, option
+from brmrs_pyg.evaluation import Scorer
+from brmrs_pyg.graphs import UU, bipartite_edges, knn_edge_type
+from brmrs_pyg.losses import CrossModalWeights, cross_modal_objective, l2_reg
+from brmrs_pyg.nn.backbones import BACKBONES, Backbone
+from brmrs_pyg.nn.features import prepare_features
+from brmrs_pyg.nn.fusion import FUSIONS, Fusion
+from brmrs_pyg.recommenders.base import MODELS, Batch, Recommender, gather
+
+FUSED = "fused"
+
+
+@dataclass(frozen=True)
+class BRMRSParams:
+    num_layers: int = option(2, "propagation layers over the user-item graph")
+    ii_layers: int = option(1, "propagation layers over each item-item (and user-user) graph")
+    backbone: str = option("lightgcn", "propagation backbone: lightgcn, gcn, sage, gat")
+    fusion: str = option("mean", "fusion phi of the modality channels: mean, concat, gate")
+    feature_dim: int = option(128, "principal components kept of each modality's features "
+                                   "before the learned projection (0: all)")
+    ui_graph: bool = option(True, "propagate over the user-item graph (false: ablation)")
+    ii_graphs: str = option("all", "modalities that propagate over their item-item graph: "
+                                   "'all', 'none' or comma-separated names")
+    lambda_bpr: float = option(1.0, "weight of the fused BPR loss")
+    lambda_h: float = option(1.0, "weight of cross-modal hard negative sampling (CHNS)")
+    lambda_s: float = option(1.0, "weight of the synergy-aware BPR loss")
+    theta: float = option(0.1, "synergy margin: fused margin must beat the best unimodal one")
+    syn_ref_grad: bool = option(False, "whether the synergy reference (best unimodal margin) "
+                                       "receives gradient")
+    pool_size: int = option(10, "CHNS candidate pool size P per positive")
+    hard_k: int = option(1, "hardest negatives taken per modality from the pool (1: paper)")
+    reg_weight: float = option(1e-3, "weight of the L2 penalty on the batch's ID embeddings")
+
+    def __post_init__(self) -> None:
+        for key in ("lambda_bpr", "lambda_h", "lambda_s", "theta", "reg_weight"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.num_layers < 0 or self.ii_layers < 0 or self.feature_dim < 0:
+            raise ConfigError("num_layers, ii_layers and feature_dim must be >= 0")
+        if not 1 <= self.hard_k <= self.pool_size:
+            raise ConfigError(f"need 1 <= hard_k <= pool_size, got hard_k={self.hard_k}, "
+                              f"pool_size={self.pool_size}")
+
+
+@dataclass
+class ChannelGraphs:
+    r"""The graphs a BR-MRS channel propagates over, each ``(edge_index, edge_weight)`` or
+    ``None`` when switched off: the user-item graph over users-then-items node ids, each
+    modality's item-item graph, and the user-user graph."""
+
+    ui: tuple[Tensor, Tensor] | None
+    ii: dict[str, tuple[Tensor, Tensor] | None]
+    uu: tuple[Tensor, Tensor] | None
+
+    @classmethod
+    def from_graph(cls, graph: HeteroData, modalities: list[str], ui: bool,
+                   ii_graphs: str) -> "ChannelGraphs":
+        r"""Selects the graphs of ``graph`` that the ablation switches keep."""
+        if ii_graphs == "all":
+            keep = set(modalities)
+        elif ii_graphs == "none":
+            keep = set()
+        else:
+            keep = {m.strip() for m in ii_graphs.split(",") if m.strip()}
+            if keep - set(modalities):
+                raise ConfigError(f"ii_graphs={ii_graphs!r} names modalities "
+                                  f"{sorted(keep - set(modalities))} not in the run's "
+                                  f"modalities {modalities}")
+        ii = {}
+        for m in modalities:
+            store = graph[knn_edge_type(m)]
+            ii[m] = (store.edge_index, store.edge_weight) if m in keep else None
+        uu = (graph[UU].edge_index, graph[UU].edge_weight) if UU in graph.edge_types else None
+        return cls(bipartite_edges(graph) if ui else None, ii, uu)
+
+
+@MODELS.register("brmrs")
+class BRMRS(Recommender):
+    r"""BR-MRS (DESIGN section 1). Channel :math:`m` starts from shared ID embeddings and the
+    modality's projected features,
+
+    .. math::
+        \mathbf{p}^{(m,0)}_u = \mathbf{e}_u, \qquad
+        \mathbf{q}^{(m,0)}_i = \mathbf{e}_i + \mathbf{W}_m \mathbf{x}^{m}_i,
+
+    propagates them over the user-item graph with the backbone, and adds the propagation of
+    :math:`\mathbf{q}^{(m,0)}` over the modality's item-item graph (and of
+    :math:`\mathbf{e}_u` over the user-user graph when there is one):
+
+    .. math::
+        [\mathbf{p}^{(m)}; \mathbf{q}^{(m)}] = \mathrm{GNN}_{ui}([\mathbf{p}^{(m,0)};
+        \mathbf{q}^{(m,0)}]) + [\mathrm{GNN}_{uu}(\mathbf{e}_u); \mathrm{GNN}_{ii}^{(m)}
+        (\mathbf{q}^{(m,0)})].
+
+    The fused branch is :math:`\mathbf{p}^{(f)} = \phi_U(\mathbf{p}^{(1)}, \dots)`,
+    :math:`\mathbf{q}^{(f)} = \phi_I(\mathbf{q}^{(1)}, \dots)`; every branch scores by inner
+    product and the fused score ranks. Sharing the ID embeddings makes each channel a full
+    collaborative model that differs from the others only by its modality, which is what
+    lets CHNS compare their confusions. The loss is :func:`cross_modal_objective` plus L2 on
+    the batch's ID embeddings.
+
+    Args:
+        num_users (int): Number of users.
+        embedding_dim (int): Width :math:`d` of every representation.
+        features (dict): Prepared item features per modality, :math:`(|\mathcal{I}|, D_m)`.
+        graphs (ChannelGraphs): The graphs to propagate over.
+        params (BRMRSParams): Layers, backbone, fusion and loss settings.
+    """
+
+    Params = BRMRSParams
+    uses_item_graphs = True
+    uses_user_graph = True
+
+    def __init__(self, num_users: int, embedding_dim: int, features: dict[str, Tensor],
+                 graphs: ChannelGraphs, params: BRMRSParams) -> None:
+        super().__init__()
+        self.modalities = list(features)
+        if len(self.modalities) < 1 or FUSED in self.modalities:
+            raise ConfigError(f"BR-MRS needs modalities not named {FUSED!r}, got "
+                              f"{self.modalities}")
+        if len(self.modalities) < 2 and params.lambda_h:
+            raise ConfigError("CHNS (lambda_h > 0) needs at least two modalities")
+        num_items = next(iter(features.values())).size(0)
+        self.num_users, self.num_items = num_users, num_items
+        self.weights = CrossModalWeights(params.lambda_bpr, params.lambda_h, params.lambda_s,
+                                         params.theta, params.hard_k, params.syn_ref_grad)
+        self.reg_weight = params.reg_weight
+        self.pool_size = params.pool_size
+        self.num_negatives = params.pool_size if params.lambda_h else 1
+        self.user_emb = torch.nn.Embedding(num_users, embedding_dim)
+        self.item_emb = torch.nn.Embedding(num_items, embedding_dim)
+        self.proj = torch.nn.ModuleDict({m: torch.nn.Linear(x.size(1), embedding_dim, bias=False)
+                                         for m, x in features.items()})
+        for m, x in features.items():
+            self.register_buffer(f"feat_{m}", x, persistent=False)
+        backbone = BACKBONES.get(params.backbone)
+        n = num_users + num_items
+        self.ui = self._graph_modules("ui", graphs.ui, n, backbone, embedding_dim,
+                                      params.num_layers)
+        self.ii = {m: self._graph_modules(f"ii_{m}", graphs.ii[m], num_items, backbone,
+                                          embedding_dim, params.ii_layers)
+                   for m in self.modalities}
+        self.uu = self._graph_modules("uu", graphs.uu, num_users, backbone, embedding_dim,
+                                      params.ii_layers)
+        fusion = FUSIONS.get(params.fusion)
+        self.user_fusion = fusion(embedding_dim, len(self.modalities))
+        self.item_fusion = fusion(embedding_dim, len(self.modalities))
+        self.reset_parameters()
+
+    def _graph_modules(self, name: str, edges: tuple[Tensor, Tensor] | None, num_nodes: int,
+                       backbone: type[Backbone], dim: int, num_layers: int
+                       ) -> list[tuple[Backbone, str, str | None]] | None:
+        r"""One backbone per modality for graph ``name`` (the graph input stored as buffers);
+        returns ``[(backbone, input buffer, weight buffer or None)]`` in modality order."""
+        if edges is None or num_layers == 0:
+            return None
+        out: list[tuple[Backbone, str, str | None]] = []
+        for m in self.modalities:
+            module = backbone(dim, num_layers)
+            self.add_module(f"gnn_{name}_{m}", module)
+            if not out:  # the graph input is shared by the modalities' backbones
+                structure, weight = module.graph_input(edges[0], edges[1], num_nodes)
+                self.register_buffer(f"graph_{name}", structure, persistent=False)
+                if weight is not None:
+                    self.register_buffer(f"weight_{name}", weight, persistent=False)
+            out.append((module, f"graph_{name}",
+                        f"weight_{name}" if hasattr(self, f"weight_{name}") else None))
+        return out
+
+    def _propagate(self, modules: list[tuple[Backbone, str, str | None]], index: int,
+                   x: Tensor) -> Tensor:
+        module, graph, weight = modules[index]
+        return module(x, getattr(self, graph), None if weight is None else getattr(self, weight))
+
+    def _backbones(self) -> list[Backbone]:
+        groups = [self.ui, self.uu, *self.ii.values()]
+        return [module for group in groups if group is not None for module, _, _ in group]
+
+    @classmethod
+    def from_data(cls, params: Any, graph: HeteroData, features: dict[str, Tensor],
+                  embedding_dim: int) -> "BRMRS":
+        prepared = {m: prepare_features(x, params.feature_dim) for m, x in features.items()}
+        graphs = ChannelGraphs.from_graph(graph, list(features), params.ui_graph,
+                                          params.ii_graphs)
+        return cls(graph["user"].num_nodes, embedding_dim, prepared, graphs, params)
+
+    def reset_parameters(self) -> None:
+        torch.nn.init.xavier_uniform_(self.user_emb.weight)
+        torch.nn.init.xavier_uniform_(self.item_emb.weight)
+        for lin in self.proj.values():
+            lin.reset_parameters()  # type: ignore[operator]
+        modules: list[Backbone | Fusion] = [*self._backbones(), self.user_fusion,
+                                            self.item_fusion]
+        for module in modules:
+            module.reset_parameters()
+
+    def branches(self) -> dict[str, tuple[Tensor, Tensor]]:
+        r"""User and item embeddings of every branch: each modality, then ``"fused"``."""
+        user0, id0 = self.user_emb.weight, self.item_emb.weight
+        out: dict[str, tuple[Tensor, Tensor]] = {}
+        for index, m in enumerate(self.modalities):
+            projection: torch.nn.Module = self.proj[m]
+            item0 = id0 + projection(getattr(self, f"feat_{m}"))
+            users, items = user0, item0
+            if self.ui is not None:
+                h = self._propagate(self.ui, index, torch.cat([user0, item0]))
+                users, items = h[: self.num_users], h[self.num_users:]
+            ii = self.ii[m]
+            if ii is not None:
+                items = items + self._propagate(ii, index, item0)
+            if self.uu is not None:
+                users = users + self._propagate(self.uu, index, user0)
+            out[m] = (users, items)
+        out[FUSED] = (self.user_fusion([out[m][0] for m in self.modalities]),
+                      self.item_fusion([out[m][1] for m in self.modalities]))
+        return out
+
+    def forward(self) -> tuple[Tensor, Tensor]:
+        return self.branches()[FUSED]
+
+    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        branches = self.branches()
+        # CHNS needs every modality's scores over the whole pool; the other terms only use
+        # its first column (the uniform negative)
+        pool = batch.neg if self.weights.lambda_h else batch.neg[:, :1]
+        pos_scores, pool_scores = {}, {}
+        for name, (user, item) in branches.items():
+            u = gather(user, batch.users)
+            pos_scores[name] = (u * gather(item, batch.pos)).sum(-1)
+            candidates = pool[:, :1] if name == FUSED else pool
+            # an elementwise product beats B tiny (1 x d) @ (d x P) matmuls of a bmm
+            pool_scores[name] = (u.unsqueeze(1) * gather(item, candidates)).sum(-1)
+        total, terms = cross_modal_objective(pos_scores, pool_scores, self.weights, FUSED)
+        reg = l2_reg(self.user_emb(batch.users), self.item_emb(batch.pos),
+                     self.item_emb(batch.neg[:, 0]))
+        terms["reg"] = reg.detach()
+        return total + self.reg_weight * reg, terms
+
+    @torch.no_grad()
+    def scorer(self) -> Scorer:
+        user, item = self()
+        return lambda users: user[users] @ item.T
+
+    @torch.no_grad()
+    def branch_scorers(self) -> dict[str, Scorer]:
+        def make(user: Tensor, item: Tensor) -> Scorer:
+            return lambda users: user[users] @ item.T
+        return {name: make(*emb) for name, emb in self.branches().items()}
+
+    def __repr__(self) -> str:
+        graphs = [g for g, on in (("ui", self.ui), ("uu", self.uu)) if on is not None]
+        graphs += [f"ii_{m}" for m in self.modalities if self.ii[m] is not None]
+        backbones = self._backbones()
+        return (f"BRMRS({self.num_users} users, {self.num_items} items, "
+                f"modalities={self.modalities}, graphs={graphs}, "
+                f"fusion={type(self.user_fusion).__name__}, "
+                f"backbone={backbones[0] if backbones else None})")

@@ -1,0 +1,144 @@
+import pytest
+import torch
+
+from brmrs_pyg.config import ConfigError, resolve
+from brmrs_pyg.data.mmrec import InteractionData
+from brmrs_pyg.graphs import GraphSpec, bipartite_adj_t, build_graph, knn_edge_type
+from brmrs_pyg.interactions import PairIndex
+from brmrs_pyg.losses import CrossModalWeights, cross_modal_objective, l2_reg
+from brmrs_pyg.nn.features import prepare_features
+from brmrs_pyg.recommenders import MODELS, Batch
+from brmrs_pyg.recommenders.brmrs import BRMRS
+from brmrs_pyg.sampling import sample_negatives
+
+
+def tiny_data(num_modalities=2):
+    gen = torch.Generator().manual_seed(0)
+    train = torch.tensor([[0, 0, 1, 1, 2, 2, 3, 3, 4], [0, 1, 1, 2, 3, 4, 0, 5, 2]])
+    features = {f"m{i}": torch.randn(6, 3 + i, generator=gen) for i in range(num_modalities)}
+    return InteractionData(name="t", num_users=5, num_items=6, train=train,
+                           valid=torch.tensor([[0], [2]]), test=torch.tensor([[1], [3]]),
+                           features=features)
+
+
+def build(data=None, spec=None, **overrides):
+    data = data or tiny_data()
+    params = resolve([("test", overrides)], BRMRS.Params).model
+    torch.manual_seed(0)
+    graph = build_graph(data, spec or GraphSpec(knn_k=2))
+    return BRMRS.from_data(params, graph, data.features, embedding_dim=4)
+
+
+def dense_adj(edge_index, weight, n):
+    a = torch.zeros(n, n)
+    a[edge_index[1], edge_index[0]] = weight
+    return a
+
+
+def test_branches_match_dense_reference():
+    data = tiny_data()
+    model = build(data, num_layers=1, ii_layers=1, feature_dim=0)
+    graph = build_graph(data, GraphSpec(knn_k=2))
+    ui = bipartite_adj_t(graph).to_dense()
+    out = model.branches()
+    assert list(out) == ["m0", "m1", "fused"]
+    e_u, e_i = model.user_emb.weight.detach(), model.item_emb.weight.detach()
+    for m in ("m0", "m1"):
+        x = prepare_features(data.features[m])
+        item0 = e_i + x @ model.proj[m].weight.detach().T
+        h0 = torch.cat([e_u, item0])
+        h = (h0 + ui @ h0) / 2
+        store = graph[knn_edge_type(m)]
+        ii = dense_adj(store.edge_index, store.edge_weight, 6)
+        items = h[5:] + (item0 + ii @ item0) / 2
+        assert torch.allclose(out[m][0], h[:5], atol=1e-5)
+        assert torch.allclose(out[m][1], items, atol=1e-5)
+    assert torch.allclose(out["fused"][0], (out["m0"][0] + out["m1"][0]) / 2, atol=1e-6)
+    assert torch.allclose(out["fused"][1], (out["m0"][1] + out["m1"][1]) / 2, atol=1e-6)
+
+
+def test_loss_is_the_objective_on_branch_scores_plus_l2():
+    data = tiny_data()
+    model = build(data, pool_size=3, hard_k=2, lambda_h=0.7, lambda_s=0.3, theta=0.2,
+                  reg_weight=0.01)
+    assert model.num_negatives == 3
+    index = PairIndex.from_edges(data.train, 5, 6)
+    users, pos = data.train
+    neg = sample_negatives(users, index, 3, torch.Generator().manual_seed(1))
+    total, terms = model.loss(Batch(users, pos, neg))
+    out = model.branches()
+    pos_s = {b: (u[users] * i[pos]).sum(-1) for b, (u, i) in out.items()}
+    pool_s = {b: (u[users][:, None] * i[neg]).sum(-1) for b, (u, i) in out.items()}
+    expected, _ = cross_modal_objective(pos_s, pool_s, CrossModalWeights(1.0, 0.7, 0.3, 0.2, 2))
+    reg = l2_reg(model.user_emb.weight[users], model.item_emb.weight[pos],
+                 model.item_emb.weight[neg[:, 0]])
+    assert total.item() == pytest.approx((expected + 0.01 * reg).item(), rel=1e-5)
+    assert set(terms) == {"bpr", "chns", "syn", "reg"}
+    total.backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+
+
+def test_three_modalities_train_and_score():
+    data = tiny_data(num_modalities=3)
+    model = build(data, pool_size=4, fusion="gate")
+    assert list(model.branch_scorers()) == ["m0", "m1", "m2", "fused"]
+    users, pos = data.train
+    neg = sample_negatives(users, PairIndex.from_edges(data.train, 5, 6), 4)
+    total, terms = model.loss(Batch(users, pos, neg))
+    assert torch.isfinite(total) and "chns" in terms
+    scores = model.scorer()(torch.tensor([0, 1]))
+    assert scores.shape == (2, 6)
+
+
+@pytest.mark.parametrize("backbone", ["lightgcn", "gcn", "sage", "gat"])
+@pytest.mark.parametrize("fusion", ["mean", "concat", "gate"])
+def test_backbones_and_fusions_train_a_step(backbone, fusion):
+    data = tiny_data()
+    model = build(data, backbone=backbone, fusion=fusion, pool_size=3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    users, pos = data.train
+    neg = sample_negatives(users, PairIndex.from_edges(data.train, 5, 6), 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss, _ = model.loss(Batch(users, pos, neg))
+    loss.backward()
+    optimizer.step()
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_graph_ablation_switches():
+    data = tiny_data()
+    full = build(data)
+    assert "ui" in repr(full) and "ii_m0" in repr(full) and "ii_m1" in repr(full)
+    no_ui = build(data, ui_graph=False, ii_graphs="none")
+    # without graphs a channel is its initial embedding: shared IDs plus projected features
+    users, items = no_ui.branches()["m0"]
+    assert torch.equal(users, no_ui.user_emb.weight)
+    x = prepare_features(data.features["m0"], 128)
+    assert torch.allclose(items, no_ui.item_emb.weight + no_ui.proj["m0"](x), atol=1e-6)
+    only_m1 = build(data, ii_graphs="m1")
+    assert only_m1.ii["m0"] is None and only_m1.ii["m1"] is not None
+    with pytest.raises(ConfigError, match="not in the run's modalities"):
+        build(data, ii_graphs="m7")
+    with_uu = build(data, spec=GraphSpec(knn_k=2, uu_k=2))
+    assert with_uu.uu is not None and "uu" in repr(with_uu)
+    # the user-user graph changes user embeddings, not the item side
+    base = build(data)
+    assert torch.allclose(with_uu.branches()["m0"][1], base.branches()["m0"][1])
+    assert not torch.allclose(with_uu.branches()["m0"][0], base.branches()["m0"][0])
+
+
+def test_lambda_h_zero_needs_one_negative_and_one_modality_is_refused_for_chns():
+    data = tiny_data()
+    assert build(data, lambda_h=0.0).num_negatives == 1
+    single = tiny_data(num_modalities=1)
+    with pytest.raises(ConfigError, match="at least two modalities"):
+        build(single)
+    assert build(single, lambda_h=0.0).num_negatives == 1
+
+
+def test_params_validation():
+    for bad in ({"hard_k": 5, "pool_size": 3}, {"theta": -1.0}, {"lambda_h": -0.1}):
+        with pytest.raises(ConfigError):
+            resolve([("test", bad)], BRMRS.Params)
+    assert MODELS.get("brmrs") is BRMRS
