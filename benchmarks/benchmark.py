@@ -13,7 +13,9 @@ same run.
         --models lightgcn bpr --out bench.json
 
 A dataset is ``NAME`` (files in datasets/NAME/, synthetic ones generated on first use) or
-``NAME:DIR``.
+``NAME:DIR``. A model is ``NAME`` or ``NAME:key=value,key=value`` (card defaults overridden,
+e.g. ``brmrs:lambda_h=0``). ``--profile N`` also records N training steps of each model with
+``torch.profiler`` and reports the operators that took the most time (where the time goes).
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure(dataset: str, model_name: str, epochs: int, evals: int, device: str) -> dict:
+def measure(dataset: str, model_spec: str, epochs: int, evals: int, device: str,
+            profile_steps: int) -> dict:
     import torch
 
     from brmrs_pyg.data.cards import load_card
@@ -37,9 +40,12 @@ def measure(dataset: str, model_name: str, epochs: int, evals: int, device: str)
     from brmrs_pyg.train import train_epoch
 
     name, _, data_dir = dataset.partition(":")
+    model_name, _, extra = model_spec.partition(":")
+    overrides = dict(pair.split("=", 1) for pair in extra.split(",") if pair)
     paths = Paths(ROOT)
     config = load_config(paths, [("benchmark", {"dataset": name, "model": model_name,
-                                                "data_dir": data_dir, "device": device})])
+                                                "data_dir": data_dir, "device": device}),
+                                 ("--models", overrides)])
     seed_everything(0)
     dev = resolve_device(device)
     start = time.perf_counter()
@@ -71,14 +77,40 @@ def measure(dataset: str, model_name: str, epochs: int, evals: int, device: str)
     sync()
     per_eval = (time.perf_counter() - start) / evals
     return {
-        "dataset": name, "model": model_name, "device": str(dev),
+        "dataset": name, "model": model_spec, "device": str(dev),
         "threads": torch.get_num_threads(), "users": data.num_users, "items": data.num_items,
         "train_interactions": int(data.train.size(1)), "setup_s": setup,
         "seconds_per_epoch": per_epoch, "seconds_per_eval": per_eval,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_cuda_mb": (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
                          else None),
+        "profile": (profile_training(model, optimizer, edges, index, config.run.batch_size,
+                                     profile_steps) if profile_steps else None),
     }
+
+
+def profile_training(model, optimizer, edges, index, batch_size: int, steps: int,
+                     top: int = 12) -> list[dict]:
+    r"""``steps`` training steps under ``torch.profiler``: the ``top`` operators by self time
+    (forward and backward), with their share of the total."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from brmrs_pyg.train import train_epoch
+
+    activities = [ProfilerActivity.CPU]
+    if edges.is_cuda:
+        activities.append(ProfilerActivity.CUDA)
+    subset = edges[:, torch.randperm(edges.size(1), device=edges.device)[:steps * batch_size]]
+    with profile(activities=activities) as prof:
+        train_epoch(model, optimizer, subset, index, batch_size)
+    events = prof.key_averages()
+    key = "self_device_time_total" if edges.is_cuda else "self_cpu_time_total"
+    total = sum(getattr(e, key) for e in events) or 1.0
+    ranked = sorted(events, key=lambda e: -getattr(e, key))[:top]
+    return [{"op": e.key, "ms_per_step": getattr(e, key) / 1000 / steps,
+             "share": getattr(e, key) / total, "calls_per_step": e.count / steps}
+            for e in ranked]
 
 
 def main() -> None:
@@ -92,19 +124,23 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs (after a warm-up)")
     parser.add_argument("--evals", type=int, default=2, help="timed evaluations")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile N training steps per model (0: off)")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--one", nargs=2, metavar=("DATASET", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     if args.one:
-        print(json.dumps(measure(*args.one, args.epochs, args.evals, args.device)))
+        print(json.dumps(measure(*args.one, args.epochs, args.evals, args.device,
+                                 args.profile)))
         return
     rows = []
     for dataset in args.datasets:
         base = None
         for model in args.models:
             cmd = [sys.executable, __file__, "--one", dataset, model, "--epochs",
-                   str(args.epochs), "--evals", str(args.evals), "--device", args.device]
+                   str(args.epochs), "--evals", str(args.evals), "--device", args.device,
+                   "--profile", str(args.profile)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
                 sys.exit(f"benchmark of {model} on {dataset} failed:\n{done.stderr[-3000:]}")
@@ -120,6 +156,9 @@ def main() -> None:
                   f"setup {row['setup_s']:6.1f}s | peak RSS {row['peak_rss_mb']:7.0f} MB"
                   + (f" | peak CUDA {row['peak_cuda_mb']:.0f} MB" if row["peak_cuda_mb"]
                      else ""), flush=True)
+            for op in row["profile"] or []:
+                print(f"    {op['share']:6.1%} {op['ms_per_step']:8.2f} ms/step "
+                      f"{op['calls_per_step']:6.1f} calls/step  {op['op']}")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -128,3 +128,21 @@ def test_same_seed_same_metrics(project, tmp_path):
         results.append(json.loads((out / "results.json").read_text()))
     assert results[0]["test"] == results[1]["test"] and results[0]["valid"] == results[1]["valid"]
     assert results[0]["test"] != results[2]["test"]
+
+
+def test_brmrs_run_reports_branches_and_loss_terms(project, tmp_path):
+    out = tmp_path / "brmrs"
+    assert run_cli(project, "--model", "brmrs", "--epochs", "2", "--out", str(out),
+                   "uu_k=3", "ii_recipe=mixed") == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["test_branches"]) == {"text", "image", "fused"}
+    for metrics in results["test_branches"].values():
+        assert set(metrics) == set(results["test"])
+    assert {"bpr", "chns", "syn", "reg"} <= set(results["last_epoch_losses"])
+    assert results["config"]["uu_k"] == 3 and results["config"]["ii_recipe"] == "mixed"
+
+
+def test_graph_settings_a_model_would_ignore_are_refused(project, capsys):
+    assert run_cli(project, "--model", "lightgcn", "--epochs", "1", "uu_k=5") == 2
+    err = capsys.readouterr().err
+    assert "does not use a user-user graph" in err and "Traceback" not in err

@@ -23,7 +23,7 @@ FUSED = "fused"
 
 @dataclass(frozen=True)
 class BRMRSParams:
-    num_layers: int = option(2, "propagation layers over the user-item graph")
+    num_layers: int = option(1, "propagation layers over the user-item graph")
     ii_layers: int = option(1, "propagation layers over each item-item (and user-user) graph")
     backbone: str = option("lightgcn", "propagation backbone: lightgcn, gcn, sage, gat")
     fusion: str = option("mean", "fusion phi of the modality channels: mean, concat, gate")
@@ -36,8 +36,8 @@ class BRMRSParams:
     lambda_h: float = option(1.0, "weight of cross-modal hard negative sampling (CHNS)")
     lambda_s: float = option(1.0, "weight of the synergy-aware BPR loss")
     theta: float = option(0.1, "synergy margin: fused margin must beat the best unimodal one")
-    syn_ref_grad: bool = option(False, "whether the synergy reference (best unimodal margin) "
-                                       "receives gradient")
+    syn_ref_grad: bool = option(True, "whether the synergy reference (best unimodal margin) "
+                                      "receives gradient")
     pool_size: int = option(10, "CHNS candidate pool size P per positive")
     hard_k: int = option(1, "hardest negatives taken per modality from the pool (1: paper)")
     reg_weight: float = option(1e-3, "weight of the L2 penalty on the batch's ID embeddings")
