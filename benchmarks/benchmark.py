@@ -4,7 +4,8 @@ r"""Training and evaluation speed of models on real and synthetic data.
 Models use their card defaults, as ``run.py`` does. For each (dataset, model) pair, in a fresh
 subprocess (so peak memory is that pair's own):
 seconds per training epoch (mean of ``--epochs`` epochs after one warm-up epoch), seconds per
-full-ranking evaluation of the valid split (mean of ``--evals``), one-off setup time (data +
+full-ranking evaluation of the valid split (mean of ``--evals``), the process CPU time per
+epoch (a ratio that survives other load on the machine), one-off setup time (data +
 graph, cache included) and peak resident memory (and peak CUDA memory on a GPU). Each model's
 times are also given as a ratio to the first model's on the same dataset, measured in the
 same run.
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def measure(dataset: str, model_spec: str, epochs: int, evals: int, device: str,
-            profile_steps: int) -> dict:
+            profile_steps: int, threads: int) -> dict:
     import torch
 
     from brmrs_pyg.data.cards import load_card
@@ -47,6 +48,8 @@ def measure(dataset: str, model_spec: str, epochs: int, evals: int, device: str,
                                                 "data_dir": data_dir, "device": device}),
                                  ("--models", overrides)])
     seed_everything(0)
+    if threads:
+        torch.set_num_threads(threads)
     dev = resolve_device(device)
     start = time.perf_counter()
     data = load_data(load_card(name, paths.dataset_cards), config, paths)
@@ -63,11 +66,12 @@ def measure(dataset: str, model_spec: str, epochs: int, evals: int, device: str,
 
     train_epoch(model, optimizer, edges, index, config.run.batch_size)  # warm-up
     sync()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(epochs):
         train_epoch(model, optimizer, edges, index, config.run.batch_size)
     sync()
     per_epoch = (time.perf_counter() - start) / epochs
+    cpu_per_epoch = (time.process_time() - cpu_start) / epochs
     model.eval()
     valid.evaluate(model.scorer())  # warm-up
     sync()
@@ -80,7 +84,8 @@ def measure(dataset: str, model_spec: str, epochs: int, evals: int, device: str,
         "dataset": name, "model": model_spec, "device": str(dev),
         "threads": torch.get_num_threads(), "users": data.num_users, "items": data.num_items,
         "train_interactions": int(data.train.size(1)), "setup_s": setup,
-        "seconds_per_epoch": per_epoch, "seconds_per_eval": per_eval,
+        "seconds_per_epoch": per_epoch, "cpu_seconds_per_epoch": cpu_per_epoch,
+        "seconds_per_eval": per_eval,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_cuda_mb": (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
                          else None),
@@ -124,6 +129,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs (after a warm-up)")
     parser.add_argument("--evals", type=int, default=2, help="timed evaluations")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: torch's default)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also profile N training steps per model (0: off)")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
@@ -132,7 +139,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     if args.one:
         print(json.dumps(measure(*args.one, args.epochs, args.evals, args.device,
-                                 args.profile)))
+                                 args.profile, args.threads)))
         return
     rows = []
     for dataset in args.datasets:
@@ -140,18 +147,21 @@ def main() -> None:
         for model in args.models:
             cmd = [sys.executable, __file__, "--one", dataset, model, "--epochs",
                    str(args.epochs), "--evals", str(args.evals), "--device", args.device,
-                   "--profile", str(args.profile)]
+                   "--profile", str(args.profile), "--threads", str(args.threads)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
                 sys.exit(f"benchmark of {model} on {dataset} failed:\n{done.stderr[-3000:]}")
             row = json.loads(done.stdout.strip().splitlines()[-1])
             base = base or row
             row["epoch_ratio"] = row["seconds_per_epoch"] / base["seconds_per_epoch"]
+            row["cpu_epoch_ratio"] = (row["cpu_seconds_per_epoch"]
+                                      / base["cpu_seconds_per_epoch"])
             row["eval_ratio"] = row["seconds_per_eval"] / base["seconds_per_eval"]
             rows.append(row)
             print(f"{row['dataset']:<18} {row['model']:<10} {row['device']:<5} "
                   f"{row['users']:>6}u {row['items']:>6}i {row['train_interactions']:>7}tr | "
-                  f"epoch {row['seconds_per_epoch']:7.3f}s (x{row['epoch_ratio']:.2f}) | "
+                  f"epoch {row['seconds_per_epoch']:7.3f}s (x{row['epoch_ratio']:.2f}, "
+                  f"CPU x{row['cpu_epoch_ratio']:.2f}) | "
                   f"eval {row['seconds_per_eval']:7.3f}s (x{row['eval_ratio']:.2f}) | "
                   f"setup {row['setup_s']:6.1f}s | peak RSS {row['peak_rss_mb']:7.0f} MB"
                   + (f" | peak CUDA {row['peak_cuda_mb']:.0f} MB" if row["peak_cuda_mb"]

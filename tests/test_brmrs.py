@@ -142,3 +142,22 @@ def test_params_validation():
         with pytest.raises(ConfigError):
             resolve([("test", bad)], BRMRS.Params)
     assert MODELS.get("brmrs") is BRMRS
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_step_on_cuda_has_no_host_sync():
+    r"""Pool sampling, hard-negative selection and all losses stay on the device: CUDA's
+    sync debug mode turns any device-to-host synchronisation into an error."""
+    data = tiny_data(num_modalities=3)
+    model = build(data, pool_size=4, hard_k=2).to("cuda")
+    index = PairIndex.from_edges(data.train, 5, 6, torch.device("cuda"))
+    users, pos = data.train.to("cuda")
+    model.branches()  # warm-up (lazy CUDA initialisation may synchronise)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        neg = sample_negatives(users, index, model.num_negatives)
+        loss, _ = model.loss(Batch(users, pos, neg))
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert loss.device.type == "cuda"

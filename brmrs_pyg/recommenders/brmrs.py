@@ -136,7 +136,6 @@ class BRMRS(Recommender):
         self.weights = CrossModalWeights(params.lambda_bpr, params.lambda_h, params.lambda_s,
                                          params.theta, params.hard_k, params.syn_ref_grad)
         self.reg_weight = params.reg_weight
-        self.pool_size = params.pool_size
         self.num_negatives = params.pool_size if params.lambda_h else 1
         self.user_emb = torch.nn.Embedding(num_users, embedding_dim)
         self.item_emb = torch.nn.Embedding(num_items, embedding_dim)
