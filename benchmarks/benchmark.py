@@ -121,7 +121,9 @@ def main() -> None:
                   + (f" | peak CUDA {row['peak_cuda_mb']:.0f} MB" if row["peak_cuda_mb"]
                      else ""), flush=True)
     if args.out:
-        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+        from brmrs_pyg.io import atomic_write_json
+
+        atomic_write_json(args.out, rows)
 
 
 if __name__ == "__main__":
