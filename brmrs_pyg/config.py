@@ -54,14 +54,19 @@ class RunConfig:
     knn_k: int = option(10, "neighbours per item in each modality's item-item kNN graph")
     cache_dir: str = option("", "graph cache folder (default: ~/.cache/brmrs_pyg)")
     save_topk: bool = option(False, "write each test user's top-50 items to <out>/topk_test.tsv")
+    checkpoint_every: int = option(5, "write <out>/last.pt (for --resume) every N epochs and at "
+                                      "the end; 0: never")
+    deterministic: bool = option(False, "deterministic CUDA kernels "
+                                        "(torch.use_deterministic_algorithms); slower")
 
     def __post_init__(self) -> None:
         for key in ("epochs", "embedding_dim", "batch_size", "patience", "eval_batch_size",
                     "knn_k"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.threads < 0:
-            raise ConfigError(f"threads must be >= 0, got {self.threads}")
+        for key in ("threads", "checkpoint_every"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         name, _, k = self.valid_metric.partition("@")

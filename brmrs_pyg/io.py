@@ -45,8 +45,9 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": "\n"} if mode == "w"
-                                    else {})) as handle:
+        handle: IO[Any] = (os.fdopen(fd, "w", encoding="utf-8", newline="\n") if mode == "w"
+                           else os.fdopen(fd, "wb"))
+        with handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

@@ -7,6 +7,7 @@ naming the file, the line or row, and what was expected.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,17 @@ class InteractionData:
             "density": n / (self.num_users * self.num_items),
             "modalities": {m: int(x.size(1)) for m, x in self.features.items()},
         }
+
+    def fingerprint(self) -> str:
+        r"""SHA-256 hex digest of the sizes, every split and every feature matrix: equal
+        digests mean the same data (a resumed run checks it against its checkpoint)."""
+        h = hashlib.sha256(f"{self.num_users}|{self.num_items}".encode())
+        for name, tensor in (("train", self.train), ("valid", self.valid), ("test", self.test),
+                             *sorted(self.features.items())):
+            array = tensor.contiguous().numpy()
+            h.update(f"|{name}|{array.dtype}|{array.shape}|".encode())
+            h.update(array.tobytes())
+        return h.hexdigest()
 
 
 def read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
