@@ -48,12 +48,15 @@ def comparable(results):
     return {**{k: v for k, v in results.items() if k != "timings"}, "config": config}
 
 
-def wait_for_checkpoint(path, epoch, proc, timeout=60.0):
-    deadline = time.monotonic() + timeout
+def wait_for_checkpoint(path, epoch, proc, timeout=120.0):
+    deadline, seen = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the training process ended before it could be killed"
-        if path.is_file() and load(path)["epoch"] >= epoch:
-            return
+        stamp = path.stat().st_mtime_ns if path.is_file() else None
+        if stamp != seen:  # loaded only when rewritten: polling must not slow the run down
+            seen = stamp
+            if load(path)["epoch"] >= epoch:
+                return
         time.sleep(0.02)
     raise AssertionError(f"no checkpoint of epoch {epoch} after {timeout}s")
 
