@@ -170,7 +170,9 @@ def main() -> None:
                 print(f"    {op['share']:6.1%} {op['ms_per_step']:8.2f} ms/step "
                       f"{op['calls_per_step']:6.1f} calls/step  {op['op']}")
     if args.out:
-        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+        from brmrs_pyg.io import atomic_write_json
+
+        atomic_write_json(args.out, rows)
 
 
 if __name__ == "__main__":

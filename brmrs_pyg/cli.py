@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from brmrs_pyg.checkpoint import RESUMABLE_KEYS, ResumeError
 from brmrs_pyg.config import Config, ConfigError, RunConfig, describe_keys
 from brmrs_pyg.data.cards import available_cards
 from brmrs_pyg.data.errors import DataError
-from brmrs_pyg.pipeline import Paths, load_config, out_dir_of, run
+from brmrs_pyg.pipeline import Paths, load_config, out_dir_of, resume_config, run
 from brmrs_pyg.recommenders import MODELS
 from brmrs_pyg.registry import UnknownNameError
 from brmrs_pyg.train import TrainingError
@@ -38,6 +39,10 @@ def build_parser(paths: Paths) -> argparse.ArgumentParser:
                         help="maximum training epochs (default: 1000; early stopping applies)")
     parser.add_argument("--out", metavar="DIR",
                         help="output folder (default: runs/<dataset>-<model>-s<seed>-<time>)")
+    parser.add_argument("--resume", metavar="DIR",
+                        help="continue the interrupted run in DIR from DIR/last.pt with its "
+                             "saved config; key=value may change only "
+                             f"{', '.join(sorted(RESUMABLE_KEYS))}")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="any config key below, e.g. lr=0.0005 save_topk=true")
     return parser
@@ -67,11 +72,16 @@ def parse_overrides(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def override_layers(args: argparse.Namespace) -> list[tuple[str, dict[str, object]]]:
+    r"""The command line's ``key=value`` overrides, then its flags (higher priority)."""
+    flags = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
+    return [("command line", dict(parse_overrides(args.overrides))),
+            ("command-line flags", flags)]
+
+
 def resolve_config(args: argparse.Namespace, paths: Paths) -> Config:
     r"""The run's config from the parsed command line (see :func:`load_config`)."""
-    overrides = parse_overrides(args.overrides)
-    flags = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
-    return load_config(paths, [("command line", overrides), ("command-line flags", flags)])
+    return load_config(paths, override_layers(args))
 
 
 def main(argv: Sequence[str] | None = None, root: Path | None = None) -> int:
@@ -81,9 +91,18 @@ def main(argv: Sequence[str] | None = None, root: Path | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     try:
-        config = resolve_config(args, paths)
-        run(config, paths, out_dir_of(config, paths))
-    except (ConfigError, DataError, UnknownNameError, TrainingError) as exc:
+        if args.resume:
+            run_dir = Path(args.resume)
+            if args.out is not None and Path(args.out).resolve() != run_dir.resolve():
+                raise ResumeError(f"--resume {run_dir} writes into {run_dir}; drop --out "
+                                  f"{args.out}")
+            args.out = None  # the run's folder is DIR whatever the saved config says
+            config, payload = resume_config(paths, run_dir, override_layers(args))
+            run(config, paths, run_dir, resume=payload)
+        else:
+            config = resolve_config(args, paths)
+            run(config, paths, out_dir_of(config, paths))
+    except (ConfigError, DataError, UnknownNameError, TrainingError, ResumeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

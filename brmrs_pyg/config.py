@@ -59,6 +59,10 @@ class RunConfig:
                           "(0: no user-user graph)")
     cache_dir: str = option("", "graph cache folder (default: ~/.cache/brmrs_pyg)")
     save_topk: bool = option(False, "write each test user's top-50 items to <out>/topk_test.tsv")
+    checkpoint_every: int = option(5, "write <out>/last.pt (for --resume) every N epochs and at "
+                                      "the end; 0: never")
+    deterministic: bool = option(False, "deterministic CUDA kernels "
+                                        "(torch.use_deterministic_algorithms); slower")
 
     def __post_init__(self) -> None:
         for key in ("epochs", "embedding_dim", "batch_size", "patience", "eval_batch_size",
@@ -69,8 +73,9 @@ class RunConfig:
             raise ConfigError(f"ii_recipe must be 'cosine' or 'mixed', got {self.ii_recipe!r}")
         if not 0.0 <= self.ii_mix <= 1.0:
             raise ConfigError(f"ii_mix must lie in [0, 1], got {self.ii_mix}")
-        if self.threads < 0 or self.uu_k < 0:
-            raise ConfigError(f"threads and uu_k must be >= 0, got {self.threads}, {self.uu_k}")
+        for key in ("threads", "checkpoint_every", "uu_k"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         name, _, k = self.valid_metric.partition("@")

@@ -282,21 +282,53 @@ def load_or_build_graph(data: InteractionData, spec: GraphSpec,
                         cache_dir: Path | None) -> HeteroData:
     r"""Returns :func:`build_graph`'s result, from ``cache_dir`` when an entry with the same
     :func:`graph_key` exists there; builds and stores it otherwise. ``None`` disables the
-    cache. An unreadable entry is rebuilt with a warning."""
+    cache.
+
+    An entry stores a SHA-256 checksum of its tensors and is verified on every load: an entry
+    that cannot be read, fails its checksum (flipped or truncated bytes) or does not fit the
+    dataset is rebuilt and rewritten with a warning, never used.
+    """
     if cache_dir is None:
         return build_graph(data, spec)
     path = Path(cache_dir) / "graphs" / f"{data.name}-{graph_key(data, spec)[:24]}.pt"
     if path.is_file():
         try:
-            graph = _from_tensors(torch.load(path, weights_only=True))
+            graph = _read_entry(path, data)
             log.info("graph loaded from cache %s", path)
             return graph
-        except Exception as exc:  # any unreadable cache entry is rebuilt, never trusted
-            log.warning("graph cache %s is unreadable (%s); rebuilding it", path, exc)
+        except Exception as exc:  # any unreadable or corrupted entry is rebuilt, never trusted
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.warning("graph cache %s is unreadable or corrupted (%s); rebuilding it",
+                        path, reason)
     log.info("building graph (%s) for %s", spec, data.name)
     graph = build_graph(data, spec)
-    atomic_torch_save(_to_tensors(graph), path)
+    tensors = _to_tensors(graph)
+    atomic_torch_save({"tensors": tensors, "sha256": _checksum(tensors)}, path)
     return graph
+
+
+def _read_entry(path: Path, data: InteractionData) -> HeteroData:
+    r"""Loads and verifies a cache entry; raises ``ValueError`` (or torch's error for a file
+    that is not a readable archive) when it cannot be trusted."""
+    entry = torch.load(path, weights_only=True)
+    if not isinstance(entry, dict) or set(entry) != {"tensors", "sha256"}:
+        raise ValueError("not a graph cache entry")
+    if _checksum(entry["tensors"]) != entry["sha256"]:
+        raise ValueError("checksum mismatch: the file's contents changed after it was written")
+    graph = _from_tensors(entry["tensors"])
+    if (graph["user"].num_nodes, graph["item"].num_nodes) != (data.num_users, data.num_items):
+        raise ValueError("node counts differ from the dataset")
+    return graph
+
+
+def _checksum(tensors: dict[str, Tensor]) -> str:
+    r"""SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        value = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        h.update(value.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _to_tensors(graph: HeteroData) -> dict[str, Tensor]:

@@ -1,27 +1,81 @@
 r"""Atomic writes: a file is written beside its target and renamed over it, so a reader (or a
-crash) never sees a half-written result, checkpoint or cache entry."""
+crash) never sees a half-written result, checkpoint, cache entry or table.
+
+Every file the package writes goes through :func:`atomic_open` (directly or through one of
+the helpers below). The temporary file is flushed and ``fsync``-ed before the rename, so after
+a crash or power loss the target holds either the old complete file or the new complete one;
+when writing fails (a full disk, an exception while serialising), the temporary file is
+removed and the target is left as it was.
+"""
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import os
+import secrets
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+@contextlib.contextmanager
+def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    r"""Opens a temporary file beside ``path``; when the block ends without an exception, the
+    file is synced to disk and renamed over ``path``, otherwise it is deleted.
+
+    Args:
+        path (Path): The target file; its folder is created when missing.
+        mode (str, optional): ``"w"`` (text, UTF-8, ``\n`` line ends) or ``"wb"`` (bytes).
+            (default: ``"w"``)
+
+    >>> import tempfile
+    >>> with atomic_open(Path(tempfile.mkdtemp()) / "a.txt") as handle:
+    ...     _ = handle.write("complete or absent")
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a unique name in the same folder: the rename stays on one file system, and two writers of
+    # the same target (two threads, two processes) never share a temporary file; mode 0o666
+    # lets the umask decide the permissions, as for any file the user creates
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        handle: IO[Any] = (os.fdopen(fd, "w", encoding="utf-8", newline="\n") if mode == "w"
+                           else os.fdopen(fd, "wb"))
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # makes the rename itself durable; not every platform can open a folder (Windows cannot)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    r"""Writes ``text`` to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    r"""Writes ``text`` to ``path`` atomically (UTF-8)."""
+    with atomic_open(path, "w") as handle:
+        handle.write(text)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -29,19 +83,30 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def atomic_write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]],
+                     delimiter: str = ",") -> None:
+    r"""Writes a table as CSV (or TSV with ``delimiter="\t"``) to ``path`` atomically: for
+    result tables such as a suite's summary, which a reader must never see half written.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "table.csv"
+    >>> atomic_write_csv(path, ["model", "recall@20"], [["lightgcn", 0.41]])
+    >>> path.read_text()
+    'model,recall@20\nlightgcn,0.41\n'
+    """
+    with atomic_open(path, "w") as handle:
+        writer = csv.writer(handle, delimiter=delimiter, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     r"""``torch.save`` to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     r"""``np.save`` to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path).with_suffix(".npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)

@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from brmrs_pyg import __version__
+from brmrs_pyg.checkpoint import check_config, check_data, read_training_checkpoint
 from brmrs_pyg.config import Config, ConfigError, RunConfig, resolve
 from brmrs_pyg.data.cards import DatasetCard, load_card
 from brmrs_pyg.data.mmrec import InteractionData, load_dataset
@@ -27,7 +28,7 @@ from brmrs_pyg.graphs import GraphSpec, load_or_build_graph
 from brmrs_pyg.interactions import PairIndex
 from brmrs_pyg.io import atomic_write_json, atomic_write_text
 from brmrs_pyg.recommenders import MODELS, Recommender
-from brmrs_pyg.train import TrainSettings, train
+from brmrs_pyg.train import Checkpointing, TrainSettings, train
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +75,51 @@ def load_config(paths: Paths, overrides: Sequence[tuple[str, Mapping[str, Any]]]
                     (f"model card {card_path}", model_defaults), *overrides], model_cls.Params)
 
 
+def resume_config(paths: Paths, run_dir: Path,
+                  overrides: Sequence[tuple[str, Mapping[str, Any]]]
+                  ) -> tuple[Config, dict[str, Any]]:
+    r"""The config and ``last.pt`` payload to resume the run in ``run_dir``.
+
+    The checkpoint's saved config is the base; ``overrides`` (the command line) may change
+    only :data:`~brmrs_pyg.checkpoint.RESUMABLE_KEYS`, anything else is a
+    :class:`~brmrs_pyg.checkpoint.ResumeError` naming the keys that differ.
+    """
+    path = Path(run_dir) / "last.pt"
+    payload = read_training_checkpoint(path)
+    saved = payload["meta"]["config"]
+    config = load_config(paths, [(f"checkpoint {path}", saved), *overrides])
+    check_config(payload, config.flat(), path)
+    return config, payload
+
+
 def seed_everything(seed: int) -> None:
     r"""Seeds python, numpy and torch (all devices)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    r"""While the block runs, makes torch use deterministic kernels when ``enabled``
+    (:func:`torch.use_deterministic_algorithms`): a CUDA op that has none raises an error
+    naming it. Also sets ``CUBLAS_WORKSPACE_CONFIG=:4096:8``, which cuBLAS needs for
+    reproducible matrix products, unless the environment sets it; cuBLAS reads it when CUDA
+    starts, so for certainty export it before launching. The previous setting is restored."""
+    if not enabled:
+        yield
+        return
+    previous = (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled())
+    benchmark = torch.backends.cudnn.benchmark
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.benchmark = benchmark
 
 
 def resolve_device(name: str) -> torch.device:
@@ -148,23 +189,36 @@ def build_evaluators(data: InteractionData, device: torch.device, chunk_size: in
     return train_index, evaluators
 
 
-def run(config: Config, paths: Paths, out_dir: Path) -> dict[str, Any]:
-    r"""Trains and evaluates one configuration; writes ``results.json`` (and the checkpoint,
-    and ``topk_test.tsv`` with ``save_topk``) into ``out_dir``. Returns the results."""
+def run(config: Config, paths: Paths, out_dir: Path,
+        resume: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    r"""Trains and evaluates one configuration; writes ``results.json`` (and the
+    checkpoints, and ``topk_test.tsv`` with ``save_topk``) into ``out_dir``. Returns the
+    results.
+
+    With ``resume`` (a ``last.pt`` payload from :func:`resume_config`), training continues
+    after the checkpoint's epoch; the dataset must be the one the run was trained on.
+    """
     run_cfg = config.run
     if run_cfg.threads:
         torch.set_num_threads(run_cfg.threads)
-    seed_everything(run_cfg.seed)
-    device = resolve_device(run_cfg.device)
-    card = load_card(run_cfg.dataset, paths.dataset_cards)
-    data = load_data(card, config, paths)
-    model = build_model(config, data, device)
-    # the output folder is made only once data and model are ready, so a run that fails on
-    # its inputs leaves nothing behind
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with log_to_file(out_dir / "train.log"):
-        log.info("output folder %s", out_dir)
-        return _train_and_report(model, data, config, device, out_dir)
+    with deterministic_algorithms(run_cfg.deterministic):
+        seed_everything(run_cfg.seed)
+        device = resolve_device(run_cfg.device)
+        card = load_card(run_cfg.dataset, paths.dataset_cards)
+        data = load_data(card, config, paths)
+        fingerprint = data.fingerprint()
+        if resume is not None:
+            check_config(resume, config.flat(), out_dir / "last.pt")
+            check_data(resume, fingerprint, out_dir / "last.pt")
+        model = build_model(config, data, device)
+        # the output folder is made only once data and model are ready, so a run that fails
+        # on its inputs leaves nothing behind
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with log_to_file(out_dir / "train.log"):
+            log.info("output folder %s", out_dir)
+            checkpoints = Checkpointing(out_dir, run_cfg.checkpoint_every,
+                                        {"config": config.flat(), "data": fingerprint})
+            return _train_and_report(model, data, config, device, checkpoints, resume)
 
 
 @contextlib.contextmanager
@@ -182,9 +236,11 @@ def log_to_file(path: Path) -> Iterator[None]:
 
 
 def _train_and_report(model: Recommender, data: InteractionData, config: Config,
-                      device: torch.device, out_dir: Path) -> dict[str, Any]:
+                      device: torch.device, checkpoints: Checkpointing,
+                      resume: Mapping[str, Any] | None) -> dict[str, Any]:
     r"""The training and reporting half of :func:`run`."""
     run_cfg = config.run
+    out_dir = checkpoints.folder
     stats = data.stats()
     log.info("dataset %s: %d users, %d items, %d/%d/%d train/valid/test, modalities %s",
              data.name, data.num_users, data.num_items, stats["num_train"], stats["num_valid"],
@@ -196,7 +252,7 @@ def _train_and_report(model: Recommender, data: InteractionData, config: Config,
                              valid_metric=run_cfg.valid_metric)
     flat = config.flat()
     result = train(model, data.train.to(device), train_index, evaluators["valid"],
-                   evaluators["test"], settings, checkpoint=out_dir / "best.pt", config=flat)
+                   evaluators["test"], settings, checkpoints, resume)
     results: dict[str, Any] = {
         "config": flat, "dataset": stats, "best_epoch": result.best_epoch,
         "valid": result.valid, "test": result.test,

@@ -1,4 +1,5 @@
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,18 @@ def project(tmp_path):
         shutil.copy(card, root / "datasets")
     (root / "datasets" / "tiny.yaml").write_text(TINY_CARD)
     return root
+
+
+#: Inputs tried by the property-based tests, per (property, outcome); see test_fuzz_data.py.
+FUZZ: Counter = Counter()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not FUZZ:
+        return
+    props = sorted({prop for prop, _ in FUZZ})
+    terminalreporter.write_line(f"fuzzed inputs: {sum(FUZZ.values())} in all")
+    for prop in props:
+        counts = {outcome: n for (p, outcome), n in FUZZ.items() if p == prop}
+        terminalreporter.write_line(f"  {prop}: {sum(counts.values())} "
+                                    f"({', '.join(f'{n} {o}' for o, n in sorted(counts.items()))})")

@@ -128,6 +128,25 @@ def test_same_seed_same_metrics(project, tmp_path):
         results.append(json.loads((out / "results.json").read_text()))
     assert results[0]["test"] == results[1]["test"] and results[0]["valid"] == results[1]["valid"]
     assert results[0]["test"] != results[2]["test"]
+    # the whole results.json is reproduced, losses and history bit for bit; only the
+    # timings and the output folder differ
+    same = [{k: v for k, v in r.items() if k not in ("timings", "config")} for r in results]
+    assert same[0] == same[1]
+    assert ({k: v for k, v in results[0]["config"].items() if k != "out"}
+            == {k: v for k, v in results[1]["config"].items() if k != "out"})
+
+
+def test_deterministic_switch_gives_the_same_results_on_cpu(project, tmp_path):
+    import torch
+
+    results = []
+    for name, flag in (("plain", "false"), ("det", "true")):
+        out = tmp_path / name
+        assert run_cli(project, "--epochs", "2", "--out", str(out), f"deterministic={flag}") == 0
+        results.append(json.loads((out / "results.json").read_text()))
+    assert results[0]["test"] == results[1]["test"]
+    assert results[1]["config"]["deterministic"] is True
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after the run
 
 
 def test_brmrs_run_reports_branches_and_loss_terms(project, tmp_path):

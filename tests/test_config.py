@@ -40,7 +40,10 @@ def test_coercions():
 @pytest.mark.parametrize("overrides,match", [({"epochs": 0}, "epochs"),
                                              ({"valid_metric": "auc@20"}, "valid_metric"),
                                              ({"valid_metric": "recall@7"}, "valid_metric"),
-                                             ({"lr": -1.0}, "lr")])
+                                             ({"lr": -1.0}, "lr"),
+                                             ({"threads": -1}, "threads must be >= 0"),
+                                             ({"checkpoint_every": -5},
+                                              "checkpoint_every must be >= 0")])
 def test_value_checks(overrides, match):
     with pytest.raises(ConfigError, match=match):
         RunConfig(**overrides)

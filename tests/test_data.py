@@ -423,12 +423,12 @@ def test_feature_files_disagree_on_rows(tmp_path):
         toy.load()
 
 
-@pytest.mark.parametrize("shape", [(5,), (5, 3, 1)])
+@pytest.mark.parametrize("shape", [(5,), (5, 3, 1), (0, 3), (5, 0)])
 def test_feature_file_not_2d(tmp_path, shape):
     toy = make_dataset(tmp_path, features={"text_feat.npy": np.zeros(shape)})
     with pytest.raises(DataError, match=re.escape(
             f"{toy.file('text_feat.npy')}: modality 'text' must be a 2-D matrix (items x "
-            f"features), got shape {shape}")):
+            f"features) with at least one row and one column, got shape {shape}")):
         toy.load()
 
 
@@ -489,8 +489,9 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 @pytest.mark.parametrize("content, detail", [
     (b"", "No data left in file"),
     (b"this is not an npy file", "pickled"),
-    (_npy_bytes(np.zeros((5, 3)))[:-8], "Failed to read all data"),  # truncated
-    (None, "Object arrays cannot be loaded when allow_pickle=False"),
+    (_npy_bytes(np.zeros((5, 3)))[:-8], "shorter than its header says (truncated?)"),
+    (None, "it holds Python objects (a pickled object array), not numbers"),
+    (b"PK\x03\x04", "File is not a zip file"),
 ])
 def test_corrupt_npy(tmp_path, content, detail):
     if content is None:  # an object array, saved with pickle
@@ -612,12 +613,13 @@ def test_card_bad_default_modalities(tmp_path, default):
         load_card("toy", cards_dir)
 
 
-@pytest.mark.parametrize("expected", ["[1, 2]", "{users: 3, rows: 4}", "{users: many}"])
+@pytest.mark.parametrize("expected", ["[1, 2]", "{users: 3, rows: 4}", "{users: many}",
+                                      "{users: true}", "{users: -1}"])
 def test_card_bad_expected(tmp_path, expected):
     cards_dir = write_card_text(tmp_path, GOOD_CARD + f"expected: {expected}\n")
     with pytest.raises(DataError, match=re.escape(
             f"{cards_dir / 'toy.yaml'}: expected must map some of ['interactions', 'items', "
-            "'users'] to integers")):
+            "'users'] to non-negative integers, got ")):
         load_card("toy", cards_dir)
 
 
@@ -635,6 +637,100 @@ def test_repo_cards_all_parse():
     for name in names:
         card = load_card(name, REPO / "datasets")
         assert card.name == name and card.source and card.files()[0] == card.inter
+
+
+# ---------------------------------------------------------------------------------------------
+# Regressions: inputs on which tests/test_fuzz_data.py found an escape (an exception other
+# than DataError, or a silent wrong load) before the reader was fixed
+# ---------------------------------------------------------------------------------------------
+def test_header_naming_a_column_twice_is_ambiguous(tmp_path):
+    toy = make_dataset(tmp_path, inter="userID\tuserID\titemID\tx_label\n0\t1\t0\t0\n")
+    with pytest.raises(DataError, match=re.escape(
+            f"{toy.file('toy.inter')}, line 1: column(s) userID appear more than once")):
+        read_inter(toy.file("toy.inter"))
+
+
+def test_id_with_thousands_of_digits(tmp_path):
+    # int() refuses strings over 4300 digits with a bare ValueError
+    toy = make_dataset(tmp_path, inter=inter_text() + "1" * 5000 + "\t0\t0\n")
+    with pytest.raises(DataError, match=re.escape(
+            f"{toy.file('toy.inter')}, line 13, column userID: 1111")):
+        read_inter(toy.file("toy.inter"))
+
+
+@pytest.mark.parametrize("separator", ["\x0c", "\x85", "\u2028", "\x1e"])
+def test_unicode_line_separators_do_not_shift_line_numbers(tmp_path, separator):
+    # str.splitlines() splits on these, which made the reported line wrong
+    rows = inter_text().split("\n")
+    rows[3] = rows[3].replace("\t", "\t" + separator, 1)
+    toy = make_dataset(tmp_path, inter="\n".join(rows))
+    with pytest.raises(DataError, match=re.escape(f"{toy.file('toy.inter')}, line 4, column ")):
+        read_inter(toy.file("toy.inter"))
+
+
+def test_byte_order_mark_and_spaces_in_header_are_accepted(tmp_path):
+    toy = make_dataset(tmp_path, inter="\ufeffuserID \t itemID\tx_label\r\n"
+                       + inter_text().split("\n", 1)[1])
+    users, items, labels = read_inter(toy.file("toy.inter"))
+    assert list(zip(users, items, labels)) == ROWS
+
+
+def test_missing_final_line_break_is_reported(tmp_path, caplog):
+    toy = make_dataset(tmp_path, inter=inter_text().rstrip("\n"))
+    with caplog.at_level(logging.WARNING):
+        read_inter(toy.file("toy.inter"))
+    assert f"{toy.file('toy.inter')}: the last line (line 12) has no line break" in caplog.text
+
+
+def test_npz_archive_instead_of_npy(tmp_path):
+    buffer = io.BytesIO()
+    np.savez(buffer, TEXT)
+    toy = make_dataset(tmp_path, features={"text_feat.npy": buffer.getvalue()})
+    with pytest.raises(DataError, match=re.escape(
+            f"{toy.file('text_feat.npy')}: modality 'text' is an .npz archive")):
+        toy.load()
+
+
+def test_npy_header_promising_more_than_the_file_holds(tmp_path):
+    # np.load allocated the promised 74.5 GiB (MemoryError) before finding the file too short
+    header = "{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 100000), }"
+    header += " " * (64 - (10 + len(header) + 1) % 64) + "\n"
+    raw = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode()
+    toy = make_dataset(tmp_path, features={"text_feat.npy": raw + bytes(64)})
+    with pytest.raises(DataError, match=re.escape("shorter than its header says (truncated?)")):
+        toy.load()
+
+
+@pytest.mark.parametrize("card_text, message", [
+    (b"inter: \xff\n", "not a UTF-8 text file"),
+    (GOOD_CARD.encode() + b"description: 2001-13-45\n", "not valid YAML: month must be"),
+    (GOOD_CARD.encode() + b"1: a\nfoo: b\n", "unknown keys [1, 'foo']"),
+    (GOOD_CARD.encode().replace(b"toy.inter", b"null"), "inter must be a file name (text), "
+                                                         "got None"),
+    (GOOD_CARD.encode().replace(b"toy.inter", b"5"), "inter must be a file name (text), got 5"),
+    (GOOD_CARD.encode().replace(b"somewhere", b"null"), "source must be text, got None"),
+    (GOOD_CARD.encode().replace(b"t.npy", b'"a\\0b"'), "modality 'text': file must be a file "
+                                                        "name (text), got 'a\\x00b'"),
+    (GOOD_CARD.encode().replace(b"dim: 4", b"dim: true"), "dim must be a positive integer, "
+                                                           "got True"),
+    (GOOD_CARD.encode() + b"default_modalities: [[text]]\n", "default_modalities must be a "
+                                                              "list of names"),
+    (GOOD_CARD.encode() + b"expected: {users: true}\n", "to non-negative integers, got "
+                                                         "{'users': True}"),
+])
+def test_card_values_are_never_coerced(tmp_path, card_text, message):
+    cards_dir = tmp_path / "cards"
+    cards_dir.mkdir()
+    (cards_dir / "toy.yaml").write_bytes(card_text)
+    with pytest.raises(DataError, match=re.escape(f"{cards_dir / 'toy.yaml'}: ") + ".*"
+                       + re.escape(message)):
+        load_card("toy", cards_dir)
+
+
+def test_file_name_too_long_for_the_file_system(tmp_path):
+    toy = make_dataset(tmp_path, card={"modalities": {"text": {"file": "x" * 300 + ".npy"}}})
+    with pytest.raises(DataError, match=re.escape(f"{toy.card().path}: cannot look up ")):
+        toy.load()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,3 +1,6 @@
+import struct
+import zipfile
+
 import pytest
 import torch
 
@@ -125,15 +128,69 @@ def test_cache_hit_and_rebuild_on_changed_setting(tmp_path, caplog):
     assert "building graph" in caplog.text
 
 
-def test_corrupt_cache_is_rebuilt(tmp_path, caplog):
+def assert_same_graph(a, b):
+    assert a.node_types == b.node_types and sorted(a.edge_types) == sorted(b.edge_types)
+    for t in a.node_types:
+        assert a[t].num_nodes == b[t].num_nodes
+    for et in a.edge_types:
+        assert sorted(a[et].keys()) == sorted(b[et].keys())
+        for key, value in a[et].items():
+            assert torch.equal(value, b[et][key]), (et, key)
+
+
+def largest_record(path):
+    r"""(offset, size) of the largest tensor record inside a torch.save zip archive."""
+    with zipfile.ZipFile(path) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename),
+                   key=lambda i: i.file_size)
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset)
+        name_len, extra_len = struct.unpack("<HH", handle.read(30)[26:30])
+    return info.header_offset + 30 + name_len + extra_len, info.file_size
+
+
+def flip_tensor_byte(path):
+    offset, size = largest_record(path)
+    raw = bytearray(path.read_bytes())
+    raw[offset + size // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def truncate(path):
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) * 2 // 3])
+
+
+def garbage(path):
+    path.write_bytes(b"not a checkpoint")
+
+
+def retamper(path):
+    r"""A readable entry whose tensor changed after the checksum was computed."""
+    entry = torch.load(path, weights_only=True)
+    name = next(k for k in entry["tensors"] if k.endswith("edge_weight"))
+    entry["tensors"][name] = entry["tensors"][name] * 2
+    torch.save(entry, path)
+
+
+@pytest.mark.parametrize("corrupt", [flip_tensor_byte, truncate, garbage, retamper])
+def test_corrupt_cache_is_rebuilt_with_a_warning(tmp_path, caplog, corrupt):
     data = tiny_data()
-    load_or_build_graph(data, GraphSpec(2), tmp_path)
+    original = load_or_build_graph(data, GraphSpec(2), tmp_path)
     (entry,) = (tmp_path / "graphs").glob("*.pt")
-    entry.write_bytes(b"not a checkpoint")
+    corrupt(entry)
     caplog.set_level("INFO")
-    g = load_or_build_graph(data, GraphSpec(2), tmp_path)
-    assert "unreadable" in caplog.text
-    assert g[knn_edge_type("text")].edge_index.size(1) == 10
+    rebuilt = load_or_build_graph(data, GraphSpec(2), tmp_path)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "unreadable or corrupted" in warnings[0].getMessage()
+    assert "building graph" in caplog.text
+    if corrupt is retamper:
+        assert "checksum mismatch" in warnings[0].getMessage()
+    assert_same_graph(rebuilt, original)
+    caplog.clear()  # the rewritten entry is sound again
+    assert_same_graph(load_or_build_graph(data, GraphSpec(2), tmp_path), original)
+    assert "loaded from cache" in caplog.text and "WARNING" not in caplog.text
+    assert [p.name for p in (tmp_path / "graphs").iterdir()] == [entry.name]
 
 
 def small_data():

@@ -78,6 +78,10 @@ def available_cards(cards_dir: Path) -> list[str]:
 def load_card(name: str, cards_dir: Path) -> DatasetCard:
     r"""Reads and checks ``cards_dir/<name>.yaml``.
 
+    Every value must have the type the layout gives it (a file name is a string, a ``dim``
+    an integer, ...): nothing is converted, so a card never loads as something other than
+    what it says.
+
     Args:
         name (str): Dataset name.
         cards_dir (Path): Folder holding the cards (the repository's ``datasets/``).
@@ -86,38 +90,64 @@ def load_card(name: str, cards_dir: Path) -> DatasetCard:
     if not path.is_file():
         raise DataError(f"no dataset card {path}; available datasets: "
                         f"{', '.join(available_cards(cards_dir)) or '(none)'}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise DataError(f"{path}: not valid YAML: {exc}") from None
+    raw = _read_yaml(path)
     if not isinstance(raw, dict):
         raise DataError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
     unknown = set(raw) - _CARD_KEYS
     if unknown:
-        raise DataError(f"{path}: unknown keys {sorted(unknown)}; valid keys: "
+        raise DataError(f"{path}: unknown keys {sorted(unknown, key=str)}; valid keys: "
                         f"{sorted(_CARD_KEYS)}")
     for key in ("inter", "modalities", "source"):
         if key not in raw:
             raise DataError(f"{path}: missing required key {key!r}")
     if raw.get("name", name) != name:
         raise DataError(f"{path}: name {raw['name']!r} differs from the file name {name!r}")
+    inter = _file_name(raw["inter"], "inter", path)
+    for key in ("source", "description"):
+        if not isinstance(raw.get(key, ""), str):
+            raise DataError(f"{path}: {key} must be text, got {raw[key]!r}")
     modalities = _parse_modalities(raw["modalities"], path)
-    default = raw.get("default_modalities", [m.name for m in modalities])
-    if not isinstance(default, list) or not set(default) <= {m.name for m in modalities}:
+    names = [m.name for m in modalities]
+    default = raw.get("default_modalities", names)
+    if not isinstance(default, list) or not all(isinstance(d, str) and d in names
+                                                for d in default):
         raise DataError(f"{path}: default_modalities must be a list of names from modalities "
-                        f"({', '.join(m.name for m in modalities)})")
+                        f"({', '.join(names)})")
     expected = raw.get("expected") or {}
     if not isinstance(expected, dict) or set(expected) - _EXPECTED_KEYS or not all(
-            isinstance(v, int) for v in expected.values()):
-        raise DataError(f"{path}: expected must map some of {sorted(_EXPECTED_KEYS)} to integers")
+            type(v) is int and v >= 0 for v in expected.values()):
+        raise DataError(f"{path}: expected must map some of {sorted(_EXPECTED_KEYS)} to "
+                        f"non-negative integers, got {expected!r}")
     config = raw.get("config") or {}
     generator = raw.get("generator")
     if not isinstance(config, dict) or (generator is not None and not isinstance(generator, dict)):
         raise DataError(f"{path}: config and generator must be mappings")
-    return DatasetCard(name=name, inter=str(raw["inter"]), modalities=modalities,
-                       default_modalities=tuple(default), source=str(raw["source"]).strip(),
-                       path=path, description=str(raw.get("description", "")).strip(),
+    return DatasetCard(name=name, inter=inter, modalities=modalities,
+                       default_modalities=tuple(default), source=raw["source"].strip(),
+                       path=path, description=raw.get("description", "").strip(),
                        expected=expected, config=config, generator=generator)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a UTF-8 text file ({exc.reason} at byte "
+                        f"{exc.start})") from None
+    try:
+        return yaml.safe_load(text)
+    # PyYAML raises more than YAMLError: ValueError for an impossible date (2001-13-45),
+    # RecursionError for pathologically nested input
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"{path}: not valid YAML: {reason}") from None
+
+
+def _file_name(value: Any, what: str, path: Path) -> str:
+    r"""A file name from a card: non-empty text without NUL (which no file system accepts)."""
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise DataError(f"{path}: {what} must be a file name (text), got {value!r}")
+    return value
 
 
 def _parse_modalities(raw: Any, path: Path) -> tuple[ModalitySpec, ...]:
@@ -125,13 +155,17 @@ def _parse_modalities(raw: Any, path: Path) -> tuple[ModalitySpec, ...]:
         raise DataError(f"{path}: modalities must map each modality name to its .npy file")
     specs = []
     for name, value in raw.items():
+        if not isinstance(name, str) or not name.strip() or "," in name:
+            raise DataError(f"{path}: modality name {name!r} must be text without commas")
         if isinstance(value, str):
             value = {"file": value}
         if not isinstance(value, dict) or "file" not in value or set(value) - {"file", "dim"}:
             raise DataError(f"{path}: modality {name!r} must be a file name or "
                             "{file: NAME, dim: INT}")
         dim = value.get("dim")
-        if dim is not None and (not isinstance(dim, int) or dim < 1):
-            raise DataError(f"{path}: modality {name!r}: dim must be a positive integer")
-        specs.append(ModalitySpec(name=str(name), file=str(value["file"]), dim=dim))
+        if dim is not None and (type(dim) is not int or dim < 1):
+            raise DataError(f"{path}: modality {name!r}: dim must be a positive integer, got "
+                            f"{dim!r}")
+        specs.append(ModalitySpec(name=name, file=_file_name(value["file"], f"modality "
+                                                             f"{name!r}: file", path), dim=dim))
     return tuple(specs)

@@ -7,7 +7,9 @@ naming the file, the line or row, and what was expected.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,24 +58,31 @@ class InteractionData:
             "modalities": {m: int(x.size(1)) for m, x in self.features.items()},
         }
 
+    def fingerprint(self) -> str:
+        r"""SHA-256 hex digest of the sizes, every split and every feature matrix: equal
+        digests mean the same data (a resumed run checks it against its checkpoint)."""
+        h = hashlib.sha256(f"{self.num_users}|{self.num_items}".encode())
+        for name, tensor in (("train", self.train), ("valid", self.valid), ("test", self.test),
+                             *sorted(self.features.items())):
+            array = tensor.contiguous().numpy()
+            h.update(f"|{name}|{array.dtype}|{array.shape}|".encode())
+            h.update(array.tobytes())
+        return h.hexdigest()
+
 
 def read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""Reads an MMRec ``.inter`` file.
+
+    UTF-8 (a byte-order mark is allowed), lines end with ``\n`` or ``\r\n``, fields are
+    tab-separated and may be padded with spaces; the header names ``userID``, ``itemID`` and
+    ``x_label`` once each, in any order, among any other columns.
 
     Returns:
         ``(users, items, labels)``, int64 arrays of equal length.
     """
     path = Path(path)
-    with open(path, encoding="utf-8", errors="strict") as handle:
-        try:
-            lines = handle.read().splitlines()
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not a UTF-8 text file ({exc.reason} at byte "
-                            f"{exc.start})") from None
-    if not lines or not lines[0].strip():
-        raise DataError(f"{path}: empty file; expected a tab-separated header with columns "
-                        f"{', '.join(REQUIRED_COLUMNS)}")
-    header = lines[0].rstrip("\r").split("\t")
+    lines = _read_lines(path)
+    header = [name.strip(" ") for name in lines[0].split("\t")]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         hint = ""
@@ -84,8 +93,12 @@ def read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise DataError(f"{path}, line 1: header {lines[0]!r} lacks column(s) "
                         f"{', '.join(missing)}{hint}; expected a tab-separated header with "
                         f"{', '.join(REQUIRED_COLUMNS)}")
+    repeated = [c for c in REQUIRED_COLUMNS if header.count(c) > 1]
+    if repeated:
+        raise DataError(f"{path}, line 1: column(s) {', '.join(repeated)} appear more than once "
+                        f"in the header {lines[0]!r}; which one holds the ids is ambiguous")
     cols = [header.index(c) for c in REQUIRED_COLUMNS]
-    rows = [line.rstrip("\r") for line in lines[1:]]
+    rows = lines[1:]
     while rows and not rows[-1].strip():
         rows.pop()
     if not rows:
@@ -98,15 +111,7 @@ def read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             raise DataError(f"{path}, line {n + 2}: {len(fields)} tab-separated fields, the "
                             f"header has {width}: {line[:80]!r}")
         for j, c in enumerate(cols):
-            text = fields[c].strip()
-            if not (text.isascii() and text.isdigit()):
-                raise DataError(f"{path}, line {n + 2}, column {header[c]}: expected a "
-                                f"non-negative integer, got {text!r}")
-            try:
-                values[n, j] = int(text)
-            except OverflowError:
-                raise DataError(f"{path}, line {n + 2}, column {header[c]}: {text} does not "
-                                f"fit a 64-bit integer") from None
+            values[n, j] = _parse_id(fields[c], path, n + 2, header[c])
     bad = np.flatnonzero(~np.isin(values[:, 2], list(SPLITS)))
     if bad.size:
         raise DataError(f"{path}, line {bad[0] + 2}: unknown x_label {values[bad[0], 2]} "
@@ -114,23 +119,68 @@ def read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return values[:, 0], values[:, 1], values[:, 2]
 
 
+def _read_lines(path: Path) -> list[str]:
+    r"""The lines of a UTF-8 text file, split on ``\n`` only (``str.splitlines`` would also
+    split on form feeds and Unicode separators, shifting every reported line number)."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a UTF-8 text file ({exc.reason} at byte "
+                        f"{exc.start})") from None
+    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+    if not lines[0].strip():
+        raise DataError(f"{path}: empty file; expected a tab-separated header with columns "
+                        f"{', '.join(REQUIRED_COLUMNS)}")
+    if text and not text.endswith("\n"):
+        log.warning("%s: the last line (line %d) has no line break; if the file was cut short, "
+                    "its last row may be incomplete", path, len(lines))
+    return lines
+
+
+def _parse_id(field: str, path: Path, line: int, column: str) -> int:
+    # only spaces are padding: str.strip() would also drop form feeds and Unicode separators
+    text = field.strip(" ")
+    if not (text.isascii() and text.isdigit()):
+        raise DataError(f"{path}, line {line}, column {column}: expected a non-negative "
+                        f"integer, got {text[:40]!r}")
+    # checked on the digits: int() refuses strings over 4300 digits with a ValueError
+    if len(text.lstrip("0")) > 19 or int(text) >= 2**63:
+        raise DataError(f"{path}, line {line}, column {column}: {text[:40]} does not fit a "
+                        f"64-bit integer")
+    return int(text)
+
+
 def read_features(path: Path, name: str, dim: int | None = None) -> np.ndarray:
-    r"""Loads one modality's ``.npy`` matrix as float32 and checks shape and values."""
+    r"""Loads one modality's ``.npy`` matrix as float32 and checks shape and values.
+
+    The file is memory-mapped first, so a header that promises more data than the file holds
+    (a truncated download) is reported without allocating the promised size.
+    """
     path = Path(path)
     try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read modality {name!r} as a .npy array: {exc}") from None
-    if array.ndim != 2:
-        raise DataError(f"{path}: modality {name!r} must be a 2-D matrix (items x features), "
-                        f"got shape {array.shape}")
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        reason = str(exc)
+        if "mmap length is greater than file size" in reason:
+            reason = "the file is shorter than its header says (truncated?)"
+        elif "Python objects" in reason:
+            reason = "it holds Python objects (a pickled object array), not numbers"
+        raise DataError(f"{path}: cannot read modality {name!r} as a .npy array: "
+                        f"{reason}") from None
+    if not isinstance(array, np.ndarray):  # np.load opens .npz archives too
+        array.close()
+        raise DataError(f"{path}: modality {name!r} is an .npz archive; expected one matrix "
+                        "saved with np.save")
+    if array.ndim != 2 or 0 in array.shape:
+        raise DataError(f"{path}: modality {name!r} must be a 2-D matrix (items x features) "
+                        f"with at least one row and one column, got shape {array.shape}")
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
         raise DataError(f"{path}: modality {name!r} has dtype {array.dtype}; expected numbers")
     if dim is not None and array.shape[1] != dim:
         raise DataError(f"{path}: modality {name!r} has {array.shape[1]} columns, the dataset "
                         f"card says {dim}")
     with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, reported below
-        array = array.astype(np.float32, copy=False)
+        array = np.array(array, dtype=np.float32, order="C")
     finite = np.isfinite(array).all(axis=1)
     if not finite.all():
         rows = np.flatnonzero(~finite)
@@ -142,7 +192,7 @@ def read_features(path: Path, name: str, dim: int | None = None) -> np.ndarray:
 def check_files(card: DatasetCard, data_dir: Path, modalities: tuple[ModalitySpec, ...]) -> None:
     r"""Raises :class:`MissingFilesError` listing every expected file when any is absent."""
     needed = [card.inter] + [m.file for m in modalities]
-    missing = [f for f in needed if not (data_dir / f).is_file()]
+    missing = [f for f in needed if not _is_file(data_dir / f, card)]
     if not missing:
         return
     rows = card.expected.get("items")
@@ -157,6 +207,13 @@ def check_files(card: DatasetCard, data_dir: Path, modalities: tuple[ModalitySpe
         f"Expected files:\n" + "\n".join(lines) + "\n"
         "Where to get them:\n  " + card.source.replace("\n", "\n  ") + "\n"
         f"Put them in {data_dir}/ or pass --data-dir DIR pointing at a folder that has them.")
+
+
+def _is_file(path: Path, card: DatasetCard) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, ...
+        raise DataError(f"{card.path}: cannot look up {path}: {exc}") from None
 
 
 def load_dataset(card: DatasetCard, data_dir: Path, modalities: str = "") -> InteractionData:
