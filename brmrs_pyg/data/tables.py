@@ -44,7 +44,7 @@ class Table:
 
 
 def separator_of(path: Path) -> str:
-    r"""``"\t"`` for ``.tsv``/``.tab``/``.inter``/``.txt`` (also ``.gz``-compressed), else ``","``."""
+    r"""``"\t"`` for ``.tsv``, ``.tab``, ``.inter``, ``.txt`` (also gzipped), else ``","``."""
     suffixes = Path(path).suffixes
     if suffixes and suffixes[-1] == ".gz":
         suffixes = suffixes[:-1]

@@ -187,7 +187,8 @@ def align_rows(row_keys: Sequence[str], matrix: np.ndarray, item_keys: Sequence[
 
 def convert_csv(interactions: Path, columns: CsvColumns, sources: ItemSources, output: Output,
                 split: SplitSettings = SplitSettings(kcore=0),
-                encoders: EncoderSettings = EncoderSettings(), command: str = "") -> InteractionData:
+                encoders: EncoderSettings = EncoderSettings(),
+                command: str = "") -> InteractionData:
     r"""Converts own data into an MMRec dataset folder and its card (module docstring).
 
     Args:
