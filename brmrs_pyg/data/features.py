@@ -153,13 +153,13 @@ def encode_images(paths: Sequence[Path | None], model: str, batch_size: int = 32
         - **output**: :math:`(N, d)`, float32.
     """
     import torch
-    from PIL import Image
     from tqdm import tqdm
 
     present = [i for i, p in enumerate(paths) if p is not None]
     if not present:
         raise DataError("no item has an image: cannot build image features")
     processor, net = load_image_encoder(model, device)
+    from PIL import Image  # present: load_image_encoder checked the extra
     rows: list[np.ndarray] = []
     for start in tqdm(range(0, len(present), batch_size), desc="images", unit="batch",
                       disable=not progress):
