@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -44,4 +45,13 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path).with_suffix(".npy")
     np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def atomic_copy(source: Path, path: Path) -> None:
+    r"""Copies ``source`` to ``path`` atomically (with its bytes only, not its metadata)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    shutil.copyfile(source, tmp)
     os.replace(tmp, path)

@@ -456,3 +456,77 @@ def test_cli_prepare_errors_without_traceback(project, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and "Traceback" not in err
     assert "reviews_Baby_5.json.gz" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# lfm2k from a clone of its public repository
+# ---------------------------------------------------------------------------------------------
+ARTIST_OF = {0: 80, 1: 66, 2: 59, 3: 81, 4: 12}  # item id -> original artist id
+
+
+def fake_lfm2k_clone(root: Path) -> Path:
+    r"""The lfm2k files of the public repository, in its layout, with 5 items."""
+    mm, het = root / "4_mmrec/data/lfm2k", root / "3_data_processing/hetrec2011-lastfm-2k"
+    for folder in (mm, het / "processed_data", het / "original_data"):
+        folder.mkdir(parents=True)
+    rows = [(0, 0, 0), (0, 1, 0), (0, 2, 1), (0, 3, 2), (1, 4, 0), (1, 0, 0), (1, 1, 1),
+            (1, 2, 2), (2, 3, 0), (2, 4, 1), (2, 0, 2)]
+    (mm / "lfm2k.inter").write_text("userID\titemID\trating\tx_label\n" + "".join(
+        f"{u}\t{i}\t1\t{x}\n" for u, i, x in rows))
+    (het / "processed_data/lfm2k_og_ids.inter").write_text(
+        "userID\titemID\trating\tx_label\n" + "".join(
+            f"{u + 2}\t{ARTIST_OF[i]}\t1\t{x}\n" for u, i, x in rows))
+    rng = np.random.default_rng(0)
+    for name, dim in (("all-MiniLM-L6-v2.npy", 384), ("whisper.npy", 512), ("vggish.npy", 128)):
+        np.save(mm / name, rng.standard_normal((5, dim)).astype(np.float32))
+    (het / "lfm2k_text.tsv").write_text("artistID\ttext\n" + "".join(
+        f"{a}\ttag{a},rock\n" for a in (12, 59, 66, 80, 81, 99)))
+    (het / "original_data/artists.dat").write_text(
+        "id\tname\turl\tpictureURL\n" + "".join(f"{a}\tBand {a}\thttp://x\thttp://y\n"
+                                                for a in (12, 59, 66, 80, 81, 99)))
+    return root
+
+
+def lfm2k_output(tmp_path) -> Output:
+    cards = tmp_path / "cards"
+    cards.mkdir(parents=True)
+    card = (Path(__file__).resolve().parents[1] / "datasets" / "lfm2k.yaml").read_text()
+    (cards / "lfm2k.yaml").write_text(re.sub(r"expected: .*\n", "", card))
+    return Output("lfm2k", tmp_path / "datasets" / "lfm2k", cards)
+
+
+def test_prepare_lfm2k_from_the_repository_layout(tmp_path):
+    from brmrs_pyg.data.prepare.lfm2k import COPIED, prepare_lfm2k
+
+    repo = fake_lfm2k_clone(tmp_path / "clone")
+    out = lfm2k_output(tmp_path)
+    data = prepare_lfm2k(repo, out)
+    for target, source in COPIED.items():
+        assert (out.folder / target).read_bytes() == (repo / source).read_bytes(), target
+    assert (out.folder / "i_id_mapping.tsv").read_text().splitlines() == (
+        ["itemID\tartistID\tname"] + [f"{i}\t{a}\tBand {a}" for i, a in ARTIST_OF.items()])
+    assert (data.num_users, data.num_items) == (3, 5)
+    assert list(data.features) == ["text", "whisper", "vggish"]
+    # the lfm2k_text card reads the prepared folder: texts joined through the item map
+    from brmrs_pyg.data.cards import TextBuild
+    from brmrs_pyg.data.features import item_texts
+
+    build = TextBuild(texts="lfm2k_text.tsv", text=("text",), key="artistID",
+                      item_map="i_id_mapping.tsv")
+    assert item_texts(build, out.folder) == [f"tag{a},rock" for a in ARTIST_OF.values()]
+
+
+def test_prepare_lfm2k_errors(tmp_path):
+    from brmrs_pyg.data.prepare.lfm2k import OG_IDS, prepare_lfm2k
+
+    repo = fake_lfm2k_clone(tmp_path / "clone")
+    og = repo / OG_IDS
+    lines = og.read_text().splitlines()
+    lines[6] = lines[6].replace("\t80\t", "\t81\t")  # line 7: item 0 said to be artist 81
+    og.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=re.escape(
+            f"{og}, line 7: item 0 is artist 81 here but 80 on an earlier line")):
+        prepare_lfm2k(repo, lfm2k_output(tmp_path))
+    og.unlink()
+    with pytest.raises(DataError, match=f"missing {re.escape(OG_IDS)}"):
+        prepare_lfm2k(repo, lfm2k_output(tmp_path / "again"))

@@ -12,6 +12,7 @@ from brmrs_pyg.data.mmrec import InteractionData
 from brmrs_pyg.data.prepare.amazon import STANDARD_NAMES, find_files, prepare_amazon
 from brmrs_pyg.data.prepare.convert import CsvColumns, ItemSources, convert_csv
 from brmrs_pyg.data.prepare.interactions import SplitSettings
+from brmrs_pyg.data.prepare.lfm2k import COPIED, prepare_lfm2k
 from brmrs_pyg.data.prepare.writer import EncoderSettings, Output, planned_files
 
 
@@ -20,7 +21,7 @@ def build_prepare_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run.py prepare", description="Build an MMRec-format dataset folder (and card) "
         "from raw Amazon review data or from your own interactions table.")
-    sub = parser.add_subparsers(dest="source", required=True, metavar="{amazon,csv}")
+    sub = parser.add_subparsers(dest="source", required=True, metavar="{amazon,csv,lfm2k}")
     amazon = sub.add_parser(
         "amazon", help="raw Amazon 2014 (or 2023) files -> datasets/<name>/",
         description="Raw Amazon files -> MMRec dataset, as MMRec built Baby, Sports and "
@@ -69,6 +70,16 @@ def build_prepare_parser() -> argparse.ArgumentParser:
     csv.add_argument("--feature-keys", type=Path, metavar="FILE",
                      help="item key of each row of the .npy features, one per line")
     _common(csv, default_name=None)
+
+    lfm2k = sub.add_parser(
+        "lfm2k", help="Last.fm-2K from a clone of its public repository -> datasets/lfm2k/",
+        description="Copies Last.fm-2K (multimodal, MMRec format) from a clone of the public "
+                    "repository giuspillo/extending_sota_data_mm_feat and builds its item map.")
+    lfm2k.add_argument("--repo", required=True, type=Path, metavar="DIR",
+                       help="root of a clone (or unpacked archive) of the repository")
+    lfm2k.add_argument("--out", type=Path, metavar="DIR",
+                       help="folder for the files (default: datasets/lfm2k/)")
+    lfm2k.add_argument("--force", action="store_true", help="overwrite existing files")
     return parser
 
 
@@ -102,6 +113,11 @@ def run_prepare(argv: Sequence[str], cards_dir: Path) -> InteractionData:
     r"""Parses ``argv`` (the words after ``prepare``), prepares the dataset, prints a summary
     and returns the dataset as read back."""
     args = build_prepare_parser().parse_args(argv)
+    if args.source == "lfm2k":
+        output = Output("lfm2k", args.out or cards_dir / "lfm2k", cards_dir, args.force)
+        data = prepare_lfm2k(args.repo, output)
+        _summary(data, output, cards_dir, [*COPIED, "i_id_mapping.tsv"])
+        return data
     encoders = EncoderSettings(text_model=args.text_model, image_model=args.image_model,
                                device=args.device, batch_size=args.batch_size)
     if args.source == "amazon":
@@ -120,7 +136,7 @@ def run_prepare(argv: Sequence[str], cards_dir: Path) -> InteractionData:
         split = SplitSettings(kcore=args.kcore, seed=args.seed, by_time=args.split == "time")
         data = convert_csv(args.interactions, columns, sources, output, split, encoders,
                            command=shlex.join(["python", "run.py", "prepare", *argv]))
-    _summary(data, output, cards_dir)
+    _summary(data, output, cards_dir, planned_files(output.name, list(data.features)))
     return data
 
 
@@ -142,9 +158,8 @@ def _features(items: list[str]) -> dict[str, Path]:
     return out
 
 
-def _summary(data: InteractionData, output: Output, cards_dir: Path) -> None:
+def _summary(data: InteractionData, output: Output, cards_dir: Path, files: list[str]) -> None:
     stats = data.stats()
-    files = planned_files(output.name, list(data.features))
     print(f"prepared {output.name}: {data.num_users:,} users, {data.num_items:,} items, "
           f"{stats['num_interactions']:,} interactions (train/valid/test {stats['num_train']:,}"
           f"/{stats['num_valid']:,}/{stats['num_test']:,}), modalities {stats['modalities']}")
