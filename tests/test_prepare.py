@@ -509,7 +509,7 @@ def test_prepare_lfm2k_from_the_repository_layout(tmp_path):
     assert list(data.features) == ["text", "whisper", "vggish"]
     # the lfm2k_text card reads the prepared folder: texts joined through the item map
     from brmrs_pyg.data.cards import TextBuild
-    from brmrs_pyg.data.features import item_texts
+    from brmrs_pyg.data.encoders import item_texts
 
     build = TextBuild(texts="lfm2k_text.tsv", text=("text",), key="artistID",
                       item_map="i_id_mapping.tsv")

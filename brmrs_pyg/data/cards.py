@@ -39,7 +39,7 @@ class TextBuild:
     r"""How a modality is built from item texts instead of read from a ``.npy`` file.
 
     Row :math:`i` of the modality is the sentence embedding (``encoder``, see
-    :func:`brmrs_pyg.data.features.encode_texts`) of item :math:`i`'s text: the ``text``
+    :func:`brmrs_pyg.data.encoders.encode_texts`) of item :math:`i`'s text: the ``text``
     columns of ``texts`` joined by a space, on the row whose ``key`` column is the item's key.
     Without ``item_map`` the key is the item id itself (``0 .. n-1``); with it, ``item_map`` is
     a table with columns ``itemID`` and ``key`` that gives each item id its key.

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from brmrs_pyg.data.cards import DatasetCard, ModalitySpec
 from brmrs_pyg.data.errors import DataError, MissingFilesError
-from brmrs_pyg.data.features import built_features
+from brmrs_pyg.data.encoders import built_features
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from brmrs_pyg.data.errors import DataError
-from brmrs_pyg.data.features import DEFAULT_TEXT_MODEL
+from brmrs_pyg.data.encoders import DEFAULT_TEXT_MODEL
 from brmrs_pyg.data.mmrec import InteractionData
 from brmrs_pyg.data.prepare.amazon import STANDARD_NAMES, find_files, prepare_amazon
 from brmrs_pyg.data.prepare.convert import CsvColumns, ItemSources, convert_csv

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from brmrs_pyg.data.errors import DataError
-from brmrs_pyg.data.features import encode_images, encode_texts, find_images
+from brmrs_pyg.data.encoders import encode_images, encode_texts, find_images
 from brmrs_pyg.data.mmrec import InteractionData
 from brmrs_pyg.data.prepare.interactions import (RawInteractions, SplitSettings,
                                                  prepare_interactions)

@@ -20,7 +20,7 @@ import yaml
 
 from brmrs_pyg.data.cards import load_card
 from brmrs_pyg.data.errors import DataError
-from brmrs_pyg.data.features import DEFAULT_TEXT_MODEL
+from brmrs_pyg.data.encoders import DEFAULT_TEXT_MODEL
 from brmrs_pyg.data.mmrec import InteractionData, load_dataset
 from brmrs_pyg.data.prepare.interactions import PreparedInteractions
 from brmrs_pyg.io import atomic_save_npy, atomic_write_text
@@ -47,7 +47,7 @@ class EncoderSettings:
 
     Args:
         text_model (str, optional): Sentence encoder, see
-            :func:`~brmrs_pyg.data.features.resolve_text_model`.
+            :func:`~brmrs_pyg.data.encoders.resolve_text_model`.
             (default: ``"all-MiniLM-L6-v2"``)
         image_model (str, optional): ``transformers`` image model for image files (local
             folder or hub name); needed only with image files. (default: :obj:`None`)

@@ -1,4 +1,4 @@
-r"""Feature extraction (``brmrs_pyg.data.features``) and modalities built from texts.
+r"""Feature extraction (``brmrs_pyg.data.encoders``) and modalities built from texts.
 
 The real encoders are optional extras: their tests are skipped, with the reason, when the
 extra is not installed, and run in CI, which installs them. Everything else runs with a
@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from brmrs_pyg.data import DataError, load_card, load_dataset
-from brmrs_pyg.data import features as features_module
+from brmrs_pyg.data import encoders as encoders_module
 from brmrs_pyg.data.cards import TextBuild
-from brmrs_pyg.data.features import (built_features, encode_images, encode_texts, find_images,
+from brmrs_pyg.data.encoders import (built_features, encode_images, encode_texts, find_images,
                                      item_texts, load_text_encoder, resolve_text_model)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ class FakeEncoder:
 @pytest.fixture
 def fake(monkeypatch):
     encoder = FakeEncoder()
-    monkeypatch.setattr(features_module, "encode_texts", encoder)
+    monkeypatch.setattr(encoders_module, "encode_texts", encoder)
     return encoder
 
 
