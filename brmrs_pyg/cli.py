@@ -11,6 +11,7 @@ from brmrs_pyg.checkpoint import RESUMABLE_KEYS, ResumeError
 from brmrs_pyg.config import Config, ConfigError, RunConfig, describe_keys
 from brmrs_pyg.data.cards import available_cards
 from brmrs_pyg.data.errors import DataError
+from brmrs_pyg.data.prepare.cli import run_prepare
 from brmrs_pyg.pipeline import Paths, load_config, out_dir_of, resume_config, run
 from brmrs_pyg.recommenders import MODELS
 from brmrs_pyg.registry import UnknownNameError
@@ -25,7 +26,9 @@ def build_parser(paths: Paths) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train and evaluate a recommender. With no arguments: LightGCN on the "
-                    "embedded synthetic dataset (generated on first use).",
+                    "embedded synthetic dataset (generated on first use). To build a dataset "
+                    "from raw Amazon files or your own table: run.py prepare {amazon,csv} "
+                    "--help.",
         epilog=_keys_help(paths))
     parser.add_argument("--dataset", metavar="NAME",
                         help="dataset card datasets/NAME.yaml (available: "
@@ -87,10 +90,14 @@ def resolve_config(args: argparse.Namespace, paths: Paths) -> Config:
 def main(argv: Sequence[str] | None = None, root: Path | None = None) -> int:
     r"""Entry point of ``run.py``; returns the process exit code."""
     paths = Paths(root or Path.cwd())
-    args = build_parser(paths).parse_intermixed_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = None if argv[:1] == ["prepare"] else build_parser(paths).parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     try:
+        if args is None:
+            run_prepare(argv[1:], paths.dataset_cards)
+            return 0
         if args.resume:
             run_dir = Path(args.resume)
             if args.out is not None and Path(args.out).resolve() != run_dir.resolve():

@@ -14,6 +14,7 @@ import csv
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
 
@@ -110,3 +111,9 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     r"""``np.save`` to ``path`` atomically."""
     with atomic_open(path, "wb") as handle:
         np.save(handle, array, allow_pickle=False)
+
+
+def atomic_copy(source: Path, path: Path) -> None:
+    r"""Copies ``source`` to ``path`` atomically (its bytes only, not its metadata)."""
+    with atomic_open(path, "wb") as handle, open(source, "rb") as src:
+        shutil.copyfileobj(src, handle)

@@ -156,8 +156,9 @@ def load_data(card: DatasetCard, config: Config, paths: Paths) -> InteractionDat
     data_dir = data_dir_of(config, paths)
     if card.generator is not None:
         spec = SyntheticSpec.from_card(card.generator, card.path)
-        ensure_generated(spec, data_dir, card.inter, {m.name: m.file for m in card.modalities})
-    return load_dataset(card, data_dir, config.run.modalities)
+        ensure_generated(spec, data_dir, card.inter,
+                         {m.name: str(m.file) for m in card.modalities})
+    return load_dataset(card, data_dir, config.run.modalities, cache_dir_of(config))
 
 
 def build_model(config: Config, data: InteractionData, device: torch.device) -> Recommender:

@@ -206,9 +206,11 @@ def test_missing_files_lists_every_expected_file_and_the_source(tmp_path):
     assert isinstance(info.value, DataError)
     # every expected file, present or not, with its layout
     assert ("  toy.inter: tab-separated userID, itemID, x_label (0 train, 1 valid, 2 test), "
-            "11 rows") in msg
-    assert "  text_feat.npy: modality 'text', float .npy matrix of shape 5 x 3" in msg
-    assert "  image_feat.npy: modality 'image', float .npy matrix of shape 5 x 2" in msg
+            "11 rows (missing)\n") in msg
+    assert "  text_feat.npy: modality 'text', float .npy matrix of shape 5 x 3 (present)\n" in msg
+    assert ("  image_feat.npy: modality 'image', float .npy matrix of shape 5 x 2 (missing)\n"
+            in msg)
+    assert "Problems" not in msg  # the file present is valid
     # the card's source, indented line by line
     assert ("Where to get them:\n  Toy files from the test suite,\n"
             "  second line of the source text.") in msg
@@ -222,10 +224,28 @@ def test_missing_files_without_expected_counts(tmp_path):
     with pytest.raises(MissingFilesError, match=re.escape("missing text_feat.npy in")) as info:
         toy.load()
     msg = str(info.value)
-    assert "x_label (0 train, 1 valid, 2 test)\n" in msg  # no row count without `expected`
+    # no row count without `expected`
+    assert "x_label (0 train, 1 valid, 2 test) (present)\n" in msg
     assert "text_feat.npy: modality 'text', float .npy matrix of shape items x d" in msg
     assert "image_feat.npy: modality 'image', float .npy matrix of shape items x 2" in msg
     assert "Toy files from the test suite," in msg
+
+
+def test_missing_files_message_validates_the_files_present(tmp_path):
+    rows = [list(r) for r in ROWS]
+    rows[2][2] = 7  # line 4: unknown x_label
+    toy = make_dataset(tmp_path, inter=rows, drop=("image_feat.npy",),
+                       features={"text_feat.npy": np.zeros((4, 3))},
+                       card={"expected": {"items": 5}})
+    with pytest.raises(MissingFilesError, match=re.escape("missing image_feat.npy in")) as info:
+        toy.load()
+    msg = str(info.value)
+    problems = msg[msg.index("Problems in the files present:\n"):msg.index("Where to get them")]
+    assert problems.splitlines()[1:] == [
+        f"  {toy.file('toy.inter')}, line 4: unknown x_label 7 (1 rows); expected 0 (train), "
+        "1 (valid) or 2 (test)",
+        f"  {toy.file('text_feat.npy')}: modality 'text' has 4 rows, the dataset card expects "
+        "5 items"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -590,7 +610,8 @@ def test_card_bad_modality_spec(tmp_path, modalities):
     cards_dir = write_card_text(tmp_path, f"inter: a\nsource: b\nmodalities: {modalities}\n")
     expected = ("modalities must map each modality name to its .npy file"
                 if modalities in ("[t.npy]", "{}") else
-                "modality 'text' must be a file name or {file: NAME, dim: INT}")
+                "modality 'text' must be a file name, {file: NAME, dim: INT} or "
+                "{build: {...}, dim: INT}")
     with pytest.raises(DataError, match=re.escape(f"{cards_dir / 'toy.yaml'}: {expected}")):
         load_card("toy", cards_dir)
 

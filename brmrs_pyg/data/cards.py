@@ -9,6 +9,10 @@ A card is data, never code: a new dataset in MMRec format is a card plus its fil
     modalities:                      # name -> .npy file, row i = item i
       text: {file: text_feat.npy, dim: 384}
       whisper: {file: whisper.npy, dim: 512}
+      tags:                          # or built from item texts on first use (cached)
+        dim: 384
+        build: {texts: lfm2k_text.tsv, key: artistID, text: text,
+                item_map: i_id_mapping.tsv, encoder: all-MiniLM-L6-v2}
     default_modalities: [text, whisper]   # optional; default: all
     expected: {users: 1858, items: 1425, interactions: 56345}  # optional checks
     config: {knn_k: 10}              # optional run-config overrides for this dataset
@@ -31,12 +35,48 @@ _EXPECTED_KEYS = {"users", "items", "interactions"}
 
 
 @dataclass(frozen=True)
+class TextBuild:
+    r"""How a modality is built from item texts instead of read from a ``.npy`` file.
+
+    Row :math:`i` of the modality is the sentence embedding (``encoder``, see
+    :func:`brmrs_pyg.data.encoders.encode_texts`) of item :math:`i`'s text: the ``text``
+    columns of ``texts`` joined by a space, on the row whose ``key`` column is the item's key.
+    Without ``item_map`` the key is the item id itself (``0 .. n-1``); with it, ``item_map`` is
+    a table with columns ``itemID`` and ``key`` that gives each item id its key.
+
+    Args:
+        texts (str): Table of texts in the data folder (``.tsv`` or ``.csv``, header row).
+        text (tuple[str, ...]): Text column(s), joined by a space.
+        key (str, optional): Column of ``texts`` naming the item. (default: ``"itemID"``)
+        item_map (str, optional): Table mapping ``itemID`` to ``key``. (default: :obj:`None`)
+        encoder (str, optional): Sentence encoder: a local folder, or a model name.
+            (default: ``"all-MiniLM-L6-v2"``)
+    """
+
+    texts: str
+    text: tuple[str, ...]
+    key: str = "itemID"
+    item_map: str | None = None
+    encoder: str = "all-MiniLM-L6-v2"
+
+    def files(self) -> list[str]:
+        r"""The input files in the data folder."""
+        return [self.texts] + ([self.item_map] if self.item_map else [])
+
+
+@dataclass(frozen=True)
 class ModalitySpec:
-    r"""One modality: its name, feature file and (optionally) the expected feature width."""
+    r"""One modality: its name, its feature file (or how to build it from item texts) and,
+    optionally, the expected feature width. Exactly one of ``file`` and ``build`` is set."""
 
     name: str
-    file: str
+    file: str | None
     dim: int | None = None
+    build: TextBuild | None = None
+
+    def files(self) -> list[str]:
+        r"""The files this modality needs in the data folder."""
+        return self.build.files() if self.build is not None else [str(self.file)]
 
 
 @dataclass(frozen=True)
@@ -56,7 +96,7 @@ class DatasetCard:
 
     def files(self) -> list[str]:
         r"""Every file the card names, interactions first."""
-        return [self.inter] + [m.file for m in self.modalities]
+        return [self.inter] + [f for m in self.modalities for f in m.files()]
 
     def select(self, names: str) -> tuple[ModalitySpec, ...]:
         r"""The modalities named in a comma-separated list (empty: the card's default set)."""
@@ -122,6 +162,8 @@ def load_card(name: str, cards_dir: Path) -> DatasetCard:
     generator = raw.get("generator")
     if not isinstance(config, dict) or (generator is not None and not isinstance(generator, dict)):
         raise DataError(f"{path}: config and generator must be mappings")
+    if generator is not None and any(m.build is not None for m in modalities):
+        raise DataError(f"{path}: a generated dataset cannot have built modalities")
     return DatasetCard(name=name, inter=inter, modalities=modalities,
                        default_modalities=tuple(default), source=raw["source"].strip(),
                        path=path, description=raw.get("description", "").strip(),
@@ -159,13 +201,34 @@ def _parse_modalities(raw: Any, path: Path) -> tuple[ModalitySpec, ...]:
             raise DataError(f"{path}: modality name {name!r} must be text without commas")
         if isinstance(value, str):
             value = {"file": value}
-        if not isinstance(value, dict) or "file" not in value or set(value) - {"file", "dim"}:
-            raise DataError(f"{path}: modality {name!r} must be a file name or "
-                            "{file: NAME, dim: INT}")
+        if (not isinstance(value, dict) or ("file" in value) == ("build" in value)
+                or set(value) - {"file", "dim", "build"}):
+            raise DataError(f"{path}: modality {name!r} must be a file name, "
+                            "{file: NAME, dim: INT} or {build: {...}, dim: INT}")
         dim = value.get("dim")
         if dim is not None and (type(dim) is not int or dim < 1):
             raise DataError(f"{path}: modality {name!r}: dim must be a positive integer, got "
                             f"{dim!r}")
-        specs.append(ModalitySpec(name=name, file=_file_name(value["file"], f"modality "
-                                                             f"{name!r}: file", path), dim=dim))
+        build = _parse_build(value["build"], name, path) if "build" in value else None
+        file = (_file_name(value["file"], f"modality {name!r}: file", path)
+                if "file" in value else None)
+        specs.append(ModalitySpec(name=name, file=file, dim=dim, build=build))
     return tuple(specs)
+
+
+_BUILD_KEYS = {"texts", "text", "key", "item_map", "encoder"}
+
+
+def _parse_build(raw: Any, name: str, path: Path) -> TextBuild:
+    where = f"{path}: modality {name!r}: build"
+    if not isinstance(raw, dict) or not {"texts", "text"} <= set(raw) or set(raw) - _BUILD_KEYS:
+        raise DataError(f"{where} must map texts and text (and optionally key, item_map, "
+                        f"encoder); valid keys: {sorted(_BUILD_KEYS)}")
+    text = raw["text"]
+    columns = tuple(text) if isinstance(text, list) else (text,)
+    if not columns or not all(isinstance(c, str) and c for c in columns):
+        raise DataError(f"{where}: text must be a column name or a list of column names")
+    values = {k: raw[k] for k in ("texts", "key", "item_map", "encoder") if k in raw}
+    if not all(isinstance(v, str) and v for v in values.values()):
+        raise DataError(f"{where}: texts, key, item_map and encoder must be non-empty strings")
+    return TextBuild(text=columns, **values)

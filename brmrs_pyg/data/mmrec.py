@@ -11,7 +11,9 @@ import hashlib
 import logging
 import zipfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,6 +21,7 @@ from torch import Tensor
 
 from brmrs_pyg.data.cards import DatasetCard, ModalitySpec
 from brmrs_pyg.data.errors import DataError, MissingFilesError
+from brmrs_pyg.data.encoders import built_features
 
 log = logging.getLogger(__name__)
 
@@ -190,22 +193,28 @@ def read_features(path: Path, name: str, dim: int | None = None) -> np.ndarray:
 
 
 def check_files(card: DatasetCard, data_dir: Path, modalities: tuple[ModalitySpec, ...]) -> None:
-    r"""Raises :class:`MissingFilesError` listing every expected file when any is absent."""
-    needed = [card.inter] + [m.file for m in modalities]
+    r"""Raises :class:`MissingFilesError` when a file is absent, listing every expected file
+    with its layout and whether it is there; the files that are there are validated and their
+    problems listed too, so one message says everything that stands between the user and a
+    run."""
+    needed = [card.inter] + [f for m in modalities for f in m.files()]
     missing = [f for f in needed if not _is_file(data_dir / f, card)]
     if not missing:
         return
-    rows = card.expected.get("items")
-    lines = [f"  {card.inter}: tab-separated userID, itemID, x_label (0 train, 1 valid, 2 test)"
-             + (f", {card.expected['interactions']:,} rows" if "interactions" in card.expected
-                else "")]
-    for m in modalities:
-        shape = f"{rows if rows else 'items'} x {m.dim if m.dim else 'd'}"
-        lines.append(f"  {m.file}: modality {m.name!r}, float .npy matrix of shape {shape}")
+    lines, problems = [], []
+    for file, layout, check in _expected_files(card, modalities):
+        present = (data_dir / file).is_file()
+        lines.append(f"  {file}: {layout} ({'present' if present else 'missing'})")
+        if present and check is not None:
+            try:
+                check(data_dir / file)
+            except DataError as exc:
+                problems.append(f"  {exc}")
     raise MissingFilesError(
         f"dataset {card.name!r}: missing {', '.join(missing)} in {data_dir}/\n"
         f"Expected files:\n" + "\n".join(lines) + "\n"
-        "Where to get them:\n  " + card.source.replace("\n", "\n  ") + "\n"
+        + ("Problems in the files present:\n" + "\n".join(problems) + "\n" if problems else "")
+        + "Where to get them:\n  " + card.source.replace("\n", "\n  ") + "\n"
         f"Put them in {data_dir}/ or pass --data-dir DIR pointing at a folder that has them.")
 
 
@@ -216,7 +225,38 @@ def _is_file(path: Path, card: DatasetCard) -> bool:
         raise DataError(f"{card.path}: cannot look up {path}: {exc}") from None
 
 
-def load_dataset(card: DatasetCard, data_dir: Path, modalities: str = "") -> InteractionData:
+def _expected_files(card: DatasetCard, modalities: tuple[ModalitySpec, ...]
+                    ) -> list[tuple[str, str, Callable[[Path], object] | None]]:
+    r"""``(file, layout, validator or None)`` for every file the card needs."""
+    rows = card.expected.get("items")
+    out: list[tuple[str, str, Callable[[Path], object] | None]] = [(
+        card.inter, "tab-separated userID, itemID, x_label (0 train, 1 valid, 2 test)"
+        + (f", {card.expected['interactions']:,} rows" if "interactions" in card.expected
+           else ""), read_inter)]
+    for m in modalities:
+        if m.build is not None:
+            b = m.build
+            out.append((b.texts, f"texts of modality {m.name!r}: a table with columns {b.key} "
+                        f"and {', '.join(b.text)}", None))
+            if b.item_map:
+                out.append((b.item_map, f"item map of modality {m.name!r}: a table with "
+                            f"columns itemID and {b.key}", None))
+            continue
+        shape = f"{rows if rows else 'items'} x {m.dim if m.dim else 'd'}"
+        out.append((str(m.file), f"modality {m.name!r}, float .npy matrix of shape {shape}",
+                    partial(_check_matrix, name=m.name, dim=m.dim, rows=rows)))
+    return out
+
+
+def _check_matrix(path: Path, name: str, dim: int | None, rows: int | None) -> None:
+    array = read_features(path, name, dim)
+    if rows is not None and array.shape[0] != rows:
+        raise DataError(f"{path}: modality {name!r} has {array.shape[0]} rows, the dataset "
+                        f"card expects {rows} items")
+
+
+def load_dataset(card: DatasetCard, data_dir: Path, modalities: str = "",
+                 cache_dir: Path | None = None) -> InteractionData:
     r"""Reads and validates a dataset described by ``card`` from ``data_dir``.
 
     Args:
@@ -224,13 +264,15 @@ def load_dataset(card: DatasetCard, data_dir: Path, modalities: str = "") -> Int
         data_dir (Path): Folder with the card's files.
         modalities (str, optional): Comma-separated subset of modalities (default: the
             card's default set).
+        cache_dir (Path, optional): Where modalities built from texts are cached
+            (default: :obj:`None`, built on every load).
     """
     data_dir = Path(data_dir)
     specs = card.select(modalities)
     check_files(card, data_dir, specs)
     inter_path = data_dir / card.inter
     users, items, labels = read_inter(inter_path)
-    features = {m.name: read_features(data_dir / m.file, m.name, m.dim) for m in specs}
+    features = {m.name: _modality(m, data_dir, cache_dir) for m in specs}
     num_users = int(users.max()) + 1
     if not features:
         _check_item_range(items, inter_path)
@@ -245,12 +287,23 @@ def load_dataset(card: DatasetCard, data_dir: Path, modalities: str = "") -> Int
                            features={m: torch.from_numpy(x) for m, x in features.items()})
 
 
+def _modality(spec: ModalitySpec, data_dir: Path, cache_dir: Path | None) -> np.ndarray:
+    if spec.build is None:
+        return read_features(data_dir / str(spec.file), spec.name, spec.dim)
+    array = built_features(spec.name, spec.build, data_dir, cache_dir)
+    if spec.dim is not None and array.shape[1] != spec.dim:
+        raise DataError(f"modality {spec.name!r} built with {spec.build.encoder} has "
+                        f"{array.shape[1]} columns, the dataset card says {spec.dim}")
+    return array
+
+
 def _num_items(items: np.ndarray, features: dict[str, np.ndarray], inter_path: Path,
                data_dir: Path, specs: tuple[ModalitySpec, ...]) -> int:
     num_items = int(items.max()) + 1
     if not features:
         return num_items
-    row_counts = {m.file: features[m.name].shape[0] for m in specs}
+    row_counts = {m.file or f"modality {m.name!r} (built)": features[m.name].shape[0]
+                  for m in specs}
     if len(set(row_counts.values())) > 1:
         raise DataError(f"{data_dir}: feature files disagree on the number of items: "
                         + ", ".join(f"{f} has {r} rows" for f, r in row_counts.items()))
