@@ -214,7 +214,9 @@ class BRMRS(Recommender):
             users, items = user0, item0
             if self.ui is not None:
                 h = self._propagate(self.ui, index, torch.cat([user0, item0]))
-                users, items = h[: self.num_users], h[self.num_users:]
+                # split, not slicing: its backward is one concatenation instead of two
+                # zero-filled full-size gradients
+                users, items = h.split([self.num_users, self.num_items])
             ii = self.ii[m]
             if ii is not None:
                 items = items + self._propagate(ii, index, item0)

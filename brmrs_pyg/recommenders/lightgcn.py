@@ -71,7 +71,10 @@ class LightGCN(Recommender):
 
     def forward(self) -> tuple[Tensor, Tensor]:
         out = self.backbone(self.embedding.weight, self.adj_t)
-        return out[: self.num_users], out[self.num_users:]
+        # split, not slicing: its backward is one concatenation instead of two zero-filled
+        # full-size gradients
+        users, items = out.split([self.num_users, out.size(0) - self.num_users])
+        return users, items
 
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         user, item = self()
