@@ -75,3 +75,14 @@ def test_adjacency_moves_with_the_model_and_is_not_checkpointed():
     model = build("lightgcn")
     assert "adj_t" not in model.state_dict()
     assert model.to(torch.float64).adj_t.layout == torch.sparse_csr
+
+
+def test_row_scores_matches_autograd_reference():
+    from brmrs_pyg.recommenders.base import row_scores
+
+    torch.manual_seed(0)
+    user = torch.randn(4, 3, dtype=torch.double, requires_grad=True)
+    items = torch.randn(4, 5, 3, dtype=torch.double, requires_grad=True)
+    expected = torch.stack([items[b] @ user[b] for b in range(4)])
+    assert torch.allclose(row_scores(user, items), expected)
+    assert torch.autograd.gradcheck(row_scores, (user, items))

@@ -16,7 +16,7 @@ from brmrs_pyg.losses import CrossModalWeights, cross_modal_objective, l2_reg
 from brmrs_pyg.nn.backbones import BACKBONES, Backbone
 from brmrs_pyg.nn.features import prepare_features
 from brmrs_pyg.nn.fusion import FUSIONS, Fusion
-from brmrs_pyg.recommenders.base import MODELS, Batch, Recommender, gather
+from brmrs_pyg.recommenders.base import MODELS, Batch, Recommender, gather, row_scores
 
 FUSED = "fused"
 
@@ -240,8 +240,7 @@ class BRMRS(Recommender):
             u = gather(user, batch.users)
             pos_scores[name] = (u * gather(item, batch.pos)).sum(-1)
             candidates = pool[:, :1] if name == FUSED else pool
-            # an elementwise product beats B tiny (1 x d) @ (d x P) matmuls of a bmm
-            pool_scores[name] = (u.unsqueeze(1) * gather(item, candidates)).sum(-1)
+            pool_scores[name] = row_scores(u, gather(item, candidates))
         total, terms = cross_modal_objective(pos_scores, pool_scores, self.weights, FUSED)
         reg = l2_reg(self.user_emb(batch.users), self.item_emb(batch.pos),
                      self.item_emb(batch.neg[:, 0]))
