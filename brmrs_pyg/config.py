@@ -21,6 +21,8 @@ from typing import Any, Mapping, Sequence
 #: Metrics and cut-offs reported for every run (MMRec's protocol, DESIGN.md section 4).
 METRIC_NAMES = ("recall", "ndcg", "precision", "map")
 TOPKS = (5, 10, 20, 50)
+#: Item-item graph recipes (``ii_recipe``), see :class:`brmrs_pyg.graphs.GraphSpec`.
+II_RECIPES = ("cosine", "mixed")
 
 
 class ConfigError(ValueError):
@@ -69,8 +71,9 @@ class RunConfig:
                     "knn_k"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.ii_recipe not in ("cosine", "mixed"):
-            raise ConfigError(f"ii_recipe must be 'cosine' or 'mixed', got {self.ii_recipe!r}")
+        if self.ii_recipe not in II_RECIPES:
+            raise ConfigError(f"ii_recipe must be one of {II_RECIPES}, "
+                              f"got {self.ii_recipe!r}")
         if not 0.0 <= self.ii_mix <= 1.0:
             raise ConfigError(f"ii_mix must lie in [0, 1], got {self.ii_mix}")
         for key in ("threads", "checkpoint_every", "uu_k"):

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
+from brmrs_pyg.config import II_RECIPES
 from brmrs_pyg.data.mmrec import InteractionData
 from brmrs_pyg.io import atomic_torch_save
 from brmrs_pyg.nn.sparse import to_adj_t
@@ -134,6 +135,14 @@ def _incidence(rows: Tensor, cols: Tensor, shape: tuple[int, int]) -> Tensor:
                                    check_invariants=True).coalesce()
 
 
+def _overlap_rows(incidence: Tensor, start: int, stop: int) -> Tensor:
+    r"""Rows ``start:stop`` of :math:`M M^\top` for a binary sparse :math:`M`: how many
+    columns each of those rows shares with every row, shape :math:`(\text{stop}-\text{start},
+    N)`, without forming the whole product."""
+    block = incidence.index_select(0, torch.arange(start, stop)).to_dense()
+    return torch.sparse.mm(incidence, block.t()).t().contiguous()
+
+
 def co_interaction_graph(train: Tensor, num_users: int, num_items: int, k: int,
                          chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
     r"""User-user graph: the :math:`k` users sharing most training items with each user,
@@ -149,11 +158,8 @@ def co_interaction_graph(train: Tensor, num_users: int, num_items: int, k: int,
     users, items = train
     ui = _incidence(users, items, (num_users, num_items))
 
-    def counts(start: int, stop: int) -> Tensor:
-        block = ui.index_select(0, torch.arange(start, stop)).to_dense()  # (b, I)
-        return torch.sparse.mm(ui, block.t()).t().contiguous()  # (b, U)
-
-    edge_index, count = chunked_topk(num_users, k, counts, chunk_size)
+    edge_index, count = chunked_topk(num_users, k, lambda a, b: _overlap_rows(ui, a, b),
+                                     chunk_size)
     keep = count > 0
     return edge_index[:, keep], count[keep]
 
@@ -183,8 +189,7 @@ def mixed_item_graph(train: Tensor, num_users: int, features: dict[str, Tensor],
     normed = [torch.nn.functional.normalize(x.float(), dim=1) for x in features.values()]
 
     def score(start: int, stop: int) -> Tensor:
-        block = iu.index_select(0, torch.arange(start, stop)).to_dense()  # (b, U)
-        common = torch.sparse.mm(iu, block.t()).t()  # (b, I)
+        common = _overlap_rows(iu, start, stop)  # (b, I)
         union = degree[start:stop, None] + degree[None, :] - common
         jaccard = torch.where(union > 0, common / union.clamp_min(1), torch.zeros(()))
         cos = sum(x[start:stop] @ x.T for x in normed) / len(normed)
@@ -220,7 +225,6 @@ class GraphSpec:
             raise ValueError(f"knn_k must be >= 1 and uu_k >= 0, got {self.knn_k}, {self.uu_k}")
 
 
-II_RECIPES = ("cosine", "mixed")
 UU = ("user", "co_interacts", "user")
 
 

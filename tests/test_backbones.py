@@ -9,12 +9,18 @@ from brmrs_pyg.registry import Registry
 EDGES = torch.tensor([[0, 1, 1, 2, 2, 3], [1, 0, 2, 1, 3, 2]])
 
 
-def test_lightgcn_backbone_matches_dense_mean_of_powers():
-    torch.manual_seed(0)
-    x = torch.randn(4, 3)
+def dense_norm_adj():
+    r"""The normalised weights of EDGES and their dense matrix (row = receiver)."""
     w = sym_norm(EDGES, 4)
     a = torch.zeros(4, 4)
     a[EDGES[1], EDGES[0]] = w
+    return w, a
+
+
+def test_lightgcn_backbone_matches_dense_mean_of_powers():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3)
+    w, a = dense_norm_adj()
     expected = (x + a @ x + a @ a @ x) / 3
     backbone = LightGCNBackbone(3, num_layers=2)
     assert torch.allclose(backbone(x, to_adj_t(EDGES, w, 4)), expected, atol=1e-6)
@@ -86,9 +92,7 @@ def test_weightless_backbones_refuse_weights(name):
 def test_gcn_backbone_matches_dense_formula():
     torch.manual_seed(0)
     x = torch.randn(4, 3)
-    w = sym_norm(EDGES, 4)
-    a = torch.zeros(4, 4)
-    a[EDGES[1], EDGES[0]] = w
+    w, a = dense_norm_adj()
     backbone = BACKBONES.get("gcn")(3, num_layers=1)
     weight = backbone.convs[0].lin.weight.detach()
     expected = (x + a @ x @ weight.T) / 2

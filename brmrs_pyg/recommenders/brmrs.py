@@ -248,11 +248,6 @@ class BRMRS(Recommender):
         return total + self.reg_weight * reg, terms
 
     @torch.no_grad()
-    def scorer(self) -> Scorer:
-        user, item = self()
-        return lambda users: user[users] @ item.T
-
-    @torch.no_grad()
     def branch_scorers(self) -> dict[str, Scorer]:
         def make(user: Tensor, item: Tensor) -> Scorer:
             return lambda users: user[users] @ item.T
