@@ -23,6 +23,9 @@ METRIC_NAMES = ("recall", "ndcg", "precision", "map")
 TOPKS = (5, 10, 20, 50)
 #: Item-item graph recipes (``ii_recipe``), see :class:`brmrs_pyg.graphs.GraphSpec`.
 II_RECIPES = ("cosine", "mixed")
+#: Loss plug-ins (``plugin``): ``brmrs`` adds CHNS and the synergy-aware BPR to a model with
+#: per-modality and fused branches, see :mod:`brmrs_pyg.recommenders.branched`.
+PLUGINS = ("brmrs",)
 
 
 class ConfigError(ValueError):
@@ -57,6 +60,9 @@ class RunConfig:
     ii_recipe: str = option("cosine", "item-item graph recipe: 'cosine' (one kNN graph per "
                                       "modality) or 'mixed' (co-interaction overlap and cosine)")
     ii_mix: float = option(0.5, "weight of the co-interaction overlap in the 'mixed' recipe")
+    plugin: str = option("", "loss plug-in added to a multi-branch model: '' (none) or 'brmrs' "
+                             "(CHNS + synergy-aware BPR; keys lambda_h, lambda_s, theta, "
+                             "syn_ref_grad, pool_size, hard_k)")
     uu_k: int = option(0, "neighbours per user in the user-user co-interaction graph "
                           "(0: no user-user graph)")
     cache_dir: str = option("", "graph cache folder (default: ~/.cache/brmrs_pyg)")
@@ -74,6 +80,8 @@ class RunConfig:
         if self.ii_recipe not in II_RECIPES:
             raise ConfigError(f"ii_recipe must be one of {II_RECIPES}, "
                               f"got {self.ii_recipe!r}")
+        if self.plugin and self.plugin not in PLUGINS:
+            raise ConfigError(f"plugin must be '' or one of {PLUGINS}, got {self.plugin!r}")
         if not 0.0 <= self.ii_mix <= 1.0:
             raise ConfigError(f"ii_mix must lie in [0, 1], got {self.ii_mix}")
         for key in ("threads", "checkpoint_every", "uu_k"):
@@ -93,10 +101,12 @@ class Config:
 
     run: RunConfig
     model: Any  # an instance of the chosen model's ``Params`` dataclass
+    plugin: Any = None  # the plug-in's ``Params`` instance when ``run.plugin`` is set
 
     def flat(self) -> dict[str, Any]:
         r"""All keys in one dict, as saved in ``results.json`` and checkpoints."""
-        return {**dataclasses.asdict(self.run), **dataclasses.asdict(self.model)}
+        plugin = dataclasses.asdict(self.plugin) if self.plugin is not None else {}
+        return {**dataclasses.asdict(self.run), **dataclasses.asdict(self.model), **plugin}
 
 
 def describe_keys(cls: type) -> list[tuple[str, str, Any, str]]:
@@ -130,27 +140,44 @@ def coerce(key: str, value: Any, typ: type, source: str) -> Any:
     return value
 
 
-def resolve(layers: Sequence[tuple[str, Mapping[str, Any]]], params_cls: type) -> Config:
+def resolve(layers: Sequence[tuple[str, Mapping[str, Any]]], params_cls: type,
+            plugin_cls: type | None = None) -> Config:
     r"""Applies override ``layers`` (``(source, {key: value})``, later wins) to the defaults.
+
+    A key belongs to :class:`RunConfig`, else to the model's ``params_cls``, else to the
+    plug-in's ``plugin_cls`` (the keys of ``plugin=...``, used only when the run sets
+    ``plugin``; a plug-in key given without it is an error).
 
     Args:
         layers (list): Overrides in increasing priority; ``source`` names where they came from
             (a card path, ``"command line"``) for error messages.
         params_cls (type): The model's hyperparameter dataclass.
+        plugin_cls (type, optional): The hyperparameter dataclass of the plug-in.
     """
     run_types = typing.get_type_hints(RunConfig)
     model_types = typing.get_type_hints(params_cls)
-    clash = set(run_types) & set(model_types)
+    plugin_types = {k: v for k, v in typing.get_type_hints(plugin_cls).items()
+                    if k not in model_types} if plugin_cls is not None else {}
+    clash = set(run_types) & (set(model_types) | set(plugin_types))
     assert not clash, f"{params_cls.__qualname__} redefines shared keys {sorted(clash)}"
-    run_values: dict[str, Any] = {}
-    model_values: dict[str, Any] = {}
+    values: dict[str, dict[str, Any]] = {"run": {}, "model": {}, "plugin": {}}
+    sources: dict[str, str] = {}
     for source, overrides in layers:
         for key, value in overrides.items():
-            if key in run_types:
-                run_values[key] = coerce(key, value, run_types[key], source)
-            elif key in model_types:
-                model_values[key] = coerce(key, value, model_types[key], source)
+            for part, types in (("run", run_types), ("model", model_types),
+                                ("plugin", plugin_types)):
+                if key in types:
+                    values[part][key] = coerce(key, value, types[key], source)
+                    sources[key] = source
+                    break
             else:
-                valid = ", ".join(sorted(run_types) + sorted(model_types))
+                valid = ", ".join(sorted(run_types) + sorted(model_types)
+                                  + sorted(plugin_types))
                 raise ConfigError(f"unknown key {key!r} ({source}); valid keys: {valid}")
-    return Config(run=RunConfig(**run_values), model=params_cls(**model_values))
+    run = RunConfig(**values["run"])
+    if not run.plugin and values["plugin"]:
+        key = sorted(values["plugin"])[0]
+        raise ConfigError(f"{key} ({sources[key]}) is a key of the loss plug-in: add "
+                          f"plugin=brmrs, or drop it")
+    plugin = plugin_cls(**values["plugin"]) if run.plugin and plugin_cls is not None else None
+    return Config(run=run, model=params_cls(**values["model"]), plugin=plugin)

@@ -28,6 +28,7 @@ from brmrs_pyg.graphs import GraphSpec, load_or_build_graph
 from brmrs_pyg.interactions import PairIndex
 from brmrs_pyg.io import atomic_write_json, atomic_write_text
 from brmrs_pyg.recommenders import MODELS, Recommender
+from brmrs_pyg.recommenders.branched import BranchedRecommender, PluginParams
 from brmrs_pyg.train import Checkpointing, TrainSettings, train
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,14 @@ def load_config(paths: Paths, overrides: Sequence[tuple[str, Mapping[str, Any]]]
     model_cls = MODELS.get(model)
     card = load_card(dataset, paths.dataset_cards)
     card_path, model_defaults = model_card_defaults(model, paths)
-    return resolve([(f"dataset card {card.path}", card.config),
-                    (f"model card {card_path}", model_defaults), *overrides], model_cls.Params)
+    config = resolve([(f"dataset card {card.path}", card.config),
+                      (f"model card {card_path}", model_defaults), *overrides],
+                     model_cls.Params, PluginParams)
+    if config.run.plugin and not model_cls.supports_plugin:
+        able = [n for n in MODELS.names() if MODELS.get(n).supports_plugin]
+        raise ConfigError(f"plugin={config.run.plugin}: model {model} cannot take it, "
+                          f"{model_cls.plugin_refusal}; models that can: {', '.join(able)}")
+    return config
 
 
 def resume_config(paths: Paths, run_dir: Path,
@@ -174,6 +181,9 @@ def build_model(config: Config, data: InteractionData, device: torch.device) -> 
                      uu_k=run.uu_k)
     graph = load_or_build_graph(data, spec, cache_dir_of(config))
     model = model_cls.from_data(config.model, graph, data.features, config.run.embedding_dim)
+    if config.plugin is not None:
+        assert isinstance(model, BranchedRecommender)
+        model.attach_plugin(config.plugin)
     return model.to(device)
 
 

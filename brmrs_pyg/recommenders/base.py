@@ -89,6 +89,11 @@ class Recommender(torch.nn.Module):
     uses_item_graphs: ClassVar[bool] = False
     uses_user_graph: ClassVar[bool] = False
 
+    #: Whether ``plugin=brmrs`` can attach to the model (multi-branch models, see
+    #: :class:`~brmrs_pyg.recommenders.branched.BranchedRecommender`), and if not, why.
+    supports_plugin: ClassVar[bool] = False
+    plugin_refusal: ClassVar[str] = "it does not expose per-modality and fused scores"
+
     @classmethod
     def from_data(cls, params: Any, graph: HeteroData, features: dict[str, Tensor],
                   embedding_dim: int) -> "Recommender":

@@ -10,15 +10,13 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from brmrs_pyg.config import ConfigError, option
-from brmrs_pyg.evaluation import Scorer
 from brmrs_pyg.graphs import UU, bipartite_edges, knn_edge_type
 from brmrs_pyg.losses import CrossModalWeights, cross_modal_objective, l2_reg
 from brmrs_pyg.nn.backbones import BACKBONES, Backbone
 from brmrs_pyg.nn.features import prepare_features
 from brmrs_pyg.nn.fusion import FUSIONS, Fusion
-from brmrs_pyg.recommenders.base import MODELS, Batch, Recommender, gather, row_scores
-
-FUSED = "fused"
+from brmrs_pyg.recommenders.base import MODELS, Batch
+from brmrs_pyg.recommenders.branched import FUSED, Branches, BranchedRecommender, branch_scores
 
 
 @dataclass(frozen=True)
@@ -86,7 +84,7 @@ class ChannelGraphs:
 
 
 @MODELS.register("brmrs")
-class BRMRS(Recommender):
+class BRMRS(BranchedRecommender):
     r"""BR-MRS (DESIGN section 1). Channel :math:`m` starts from shared ID embeddings and the
     modality's projected features,
 
@@ -121,6 +119,8 @@ class BRMRS(Recommender):
     Params = BRMRSParams
     uses_item_graphs = True
     uses_user_graph = True
+    supports_plugin = False
+    plugin_refusal = "it trains with CHNS and the synergy loss already (keys lambda_h, lambda_s)"
 
     def __init__(self, num_users: int, embedding_dim: int, features: dict[str, Tensor],
                  graphs: ChannelGraphs, params: BRMRSParams) -> None:
@@ -227,31 +227,15 @@ class BRMRS(Recommender):
                       self.item_fusion([out[m][1] for m in self.modalities]))
         return out
 
-    def forward(self) -> tuple[Tensor, Tensor]:
-        return self.branches()[FUSED]
-
-    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        branches = self.branches()
+    def branch_loss(self, batch: Batch, branches: Branches) -> tuple[Tensor, dict[str, Tensor]]:
         # CHNS needs every modality's scores over the whole pool; the other terms only use
         # its first column (the uniform negative)
-        pool = batch.neg if self.weights.lambda_h else batch.neg[:, :1]
-        pos_scores, pool_scores = {}, {}
-        for name, (user, item) in branches.items():
-            u = gather(user, batch.users)
-            pos_scores[name] = (u * gather(item, batch.pos)).sum(-1)
-            candidates = pool[:, :1] if name == FUSED else pool
-            pool_scores[name] = row_scores(u, gather(item, candidates))
-        total, terms = cross_modal_objective(pos_scores, pool_scores, self.weights, FUSED)
+        pos, pool = branch_scores(branches, batch, self.num_negatives)
+        total, terms = cross_modal_objective(pos, pool, self.weights, FUSED)
         reg = l2_reg(self.user_emb(batch.users), self.item_emb(batch.pos),
                      self.item_emb(batch.neg[:, 0]))
         terms["reg"] = reg.detach()
         return total + self.reg_weight * reg, terms
-
-    @torch.no_grad()
-    def branch_scorers(self) -> dict[str, Scorer]:
-        def make(user: Tensor, item: Tensor) -> Scorer:
-            return lambda users: user[users] @ item.T
-        return {name: make(*emb) for name, emb in self.branches().items()}
 
     def __repr__(self) -> str:
         graphs = [g for g, on in (("ui", self.ui), ("uu", self.uu)) if on is not None]

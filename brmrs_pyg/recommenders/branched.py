@@ -1,0 +1,132 @@
+r"""Multi-branch models (one branch per modality plus a fused one) and the BR-MRS loss
+plug-in that attaches CHNS and the synergy-aware BPR to any of them (DESIGN section 1,
+"Plug-and-play")."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Mapping
+
+import torch
+from torch import Tensor
+
+from brmrs_pyg.config import ConfigError, option
+from brmrs_pyg.evaluation import Scorer
+from brmrs_pyg.losses import CrossModalWeights, cross_modal_objective
+from brmrs_pyg.recommenders.base import Batch, Recommender, gather, row_scores
+
+#: Name of the fused branch in :meth:`BranchedRecommender.branches`.
+FUSED = "fused"
+
+Branches = Mapping[str, tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class PluginParams:
+    r"""Keys of ``plugin=brmrs``: the weights of the BR-MRS losses added to a model's own
+    objective (same names and meaning as the keys of the ``brmrs`` model)."""
+
+    lambda_h: float = option(1.0, "weight of cross-modal hard negative sampling (CHNS)")
+    lambda_s: float = option(1.0, "weight of the synergy-aware BPR loss")
+    theta: float = option(0.1, "synergy margin: fused margin must beat the best unimodal one")
+    syn_ref_grad: bool = option(True, "whether the synergy reference (best unimodal margin) "
+                                      "receives gradient")
+    pool_size: int = option(10, "CHNS candidate pool size P per positive")
+    hard_k: int = option(1, "hardest negatives taken per modality from the pool (1: paper)")
+
+    def __post_init__(self) -> None:
+        for key in ("lambda_h", "lambda_s", "theta"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if not 1 <= self.hard_k <= self.pool_size:
+            raise ConfigError(f"need 1 <= hard_k <= pool_size, got hard_k={self.hard_k}, "
+                              f"pool_size={self.pool_size}")
+
+    def weights(self) -> CrossModalWeights:
+        r"""The objective's weights, without a fused BPR (the host model has its own)."""
+        return CrossModalWeights(lambda_bpr=0.0, lambda_h=self.lambda_h,
+                                 lambda_s=self.lambda_s, theta=self.theta, hard_k=self.hard_k,
+                                 reference_grad=self.syn_ref_grad)
+
+
+def branch_scores(branches: Branches, batch: Batch, pool_columns: int,
+                  fused: str = FUSED) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    r"""Scores of a batch under every branch, as :func:`cross_modal_objective` takes them.
+
+    Every branch scores the positives and the first ``pool_columns`` columns of
+    ``batch.neg`` (the candidate pool); the fused branch only column 0, the uniform
+    negative, which is all the objective uses of it.
+
+    Returns:
+        ``(pos, pool)``: per branch, scores :math:`(B,)` and :math:`(B, P)` (:math:`(B, 1)`
+        for the fused branch).
+    """
+    pos: dict[str, Tensor] = {}
+    pool: dict[str, Tensor] = {}
+    for name, (user, item) in branches.items():
+        u = gather(user, batch.users)
+        pos[name] = (u * gather(item, batch.pos)).sum(-1)
+        columns = 1 if name == fused else pool_columns
+        pool[name] = row_scores(u, gather(item, batch.neg[:, :columns]))
+    return pos, pool
+
+
+class BranchedRecommender(Recommender):
+    r"""A model with a branch per modality and a fused branch, each scoring by inner product.
+
+    A subclass implements :meth:`branches` (training-mode embeddings of every branch) and
+    :meth:`branch_loss` (its own objective, computed from those branches). The fused branch
+    ranks. :meth:`loss` adds the BR-MRS plug-in's terms when one is attached
+    (:meth:`attach_plugin`, the ``plugin=brmrs`` key); the trainer then samples a pool of
+    ``pool_size`` uniform negatives per positive, so a model's own loss must use only column
+    0 of ``batch.neg`` (a uniform negative whatever the pool size).
+
+    A late-fusion model whose fused score is a sum of branch scores exposes it as the
+    concatenation of the branches' embeddings, which has exactly that inner product.
+    """
+
+    supports_plugin: ClassVar[bool] = True
+
+    #: Modality names, in order; the keys of :meth:`branches` besides :data:`FUSED`.
+    modalities: list[str]
+    #: The attached plug-in's weights, or ``None``.
+    plugin: CrossModalWeights | None = None
+
+    def branches(self) -> dict[str, tuple[Tensor, Tensor]]:
+        r"""User and item embeddings of every branch: each modality, then ``"fused"``."""
+        raise NotImplementedError
+
+    def branch_loss(self, batch: Batch, branches: Branches) -> tuple[Tensor, dict[str, Tensor]]:
+        r"""The model's own objective of ``batch`` and its terms (detached), from the
+        ``branches`` computed for this step."""
+        raise NotImplementedError
+
+    def forward(self) -> tuple[Tensor, Tensor]:
+        return self.branches()[FUSED]
+
+    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        branches = self.branches()
+        total, terms = self.branch_loss(batch, branches)
+        if self.plugin is not None:
+            pos, pool = branch_scores(branches, batch, self.num_negatives)
+            extra, extra_terms = cross_modal_objective(pos, pool, self.plugin, FUSED)
+            clash = set(extra_terms) & set(terms)
+            assert not clash, f"plug-in terms {sorted(clash)} clash with the model's"
+            total = total + extra
+            terms.update(extra_terms)
+        return total, terms
+
+    def attach_plugin(self, params: PluginParams) -> None:
+        r"""Adds :math:`\lambda_h \mathcal{L}_{chns} + \lambda_s \mathcal{L}_{syn}` over this
+        model's branches to its loss and makes the trainer sample ``pool_size`` negatives."""
+        if params.lambda_h and len(self.modalities) < 2:
+            raise ConfigError(f"plugin=brmrs: CHNS (lambda_h > 0) needs at least two "
+                              f"modalities, the model has {self.modalities}")
+        self.plugin = params.weights()
+        self.num_negatives = max(self.num_negatives,
+                                 params.pool_size if params.lambda_h else 1)
+
+    @torch.no_grad()
+    def branch_scorers(self) -> dict[str, Scorer]:
+        def make(user: Tensor, item: Tensor) -> Scorer:
+            return lambda users: user[users] @ item.T
+        return {name: make(*emb) for name, emb in self.branches().items()}
