@@ -134,6 +134,7 @@ def train_epoch(model: Recommender, optimizer: torch.optim.Optimizer, train_edge
             batches and at the end of the epoch).
     """
     model.train()
+    model.start_epoch()
     perm = torch.randperm(train_edges.size(1), device=train_edges.device)
     sums: dict[str, Tensor] = {}
     num_batches = math.ceil(perm.numel() / batch_size)

@@ -109,6 +109,11 @@ class Recommender(torch.nn.Module):
         r"""The objective of a batch and its terms (detached, for logging)."""
         raise NotImplementedError
 
+    def start_epoch(self) -> None:
+        r"""Called by the trainer before each training epoch, e.g. to re-sample a pruned
+        graph (draw from torch's global generator, which the trainer seeds and
+        checkpoints). Does nothing by default."""
+
     @torch.no_grad()
     def scorer(self) -> Scorer:
         r"""``users -> scores`` over all items, from embeddings computed once."""
