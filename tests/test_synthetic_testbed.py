@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from brmrs_pyg.cli import main
@@ -54,9 +55,11 @@ def test_default_output_is_unchanged():
 
 def r_squared(y: np.ndarray, basis: np.ndarray) -> float:
     r"""Fraction of the variance of ``y`` explained by least squares on ``basis`` + constant."""
-    design = np.column_stack([np.ones(len(y)), basis])
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    return 1.0 - float(np.var(y - design @ coef) / np.var(y))
+    design = torch.from_numpy(np.column_stack([np.ones(len(y)), basis]))
+    target = torch.from_numpy(y)[:, None]
+    # torch's solver: numpy's threaded BLAS crawls on a loaded machine
+    coef = torch.linalg.lstsq(design, target).solution
+    return 1.0 - float((target - design @ coef).var() / target.var())
 
 
 def quadratic(x: np.ndarray) -> np.ndarray:
@@ -67,7 +70,7 @@ def quadratic(x: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("regime", ["linear", "synergy"])
 def test_synergy_term_is_additive_only_in_the_linear_regime(regime):
-    spec = SyntheticSpec(num_users=300, num_items=3000, latent_dim=8, text_dim=4, image_dim=4,
+    spec = SyntheticSpec(num_users=300, num_items=2000, latent_dim=8, text_dim=4, image_dim=4,
                          mean_interactions=6, regime=regime, seed=1)
     lat = generate(spec).latents
     text_part, image_part = lat.z["s"] @ lat.a.T, lat.z["s"] @ lat.b.T  # what each modality sees
@@ -79,12 +82,12 @@ def test_synergy_term_is_additive_only_in_the_linear_regime(regime):
     additive = np.column_stack([quadratic(text_part), quadratic(image_part)])
     joint = np.column_stack([additive, np.einsum("ni,nj->nij", text_part, image_part)
                              .reshape(spec.num_items, -1)])
-    for user in range(5):
+    for user in range(3):
         term = lat.contributions(np.full_like(items, user), items)[:, 2]
         additive_r2 = r_squared(term, additive)
         if regime == "linear":
             assert additive_r2 > 0.999
-        else:  # chance level: 28 regressors on 3000 items explain about 1%
+        else:  # chance level: 28 regressors on 2000 items explain about 1.4%
             assert additive_r2 < 0.03
             assert r_squared(term, joint) > 0.999  # the term is a function of both parts
 
