@@ -113,7 +113,7 @@ def ranks(user_emb: Tensor, item_emb: Tensor, users: Tensor, items: Tensor,
             sel = slice(lo, min(lo + block, int(bounds[c + 1])))
             local = inverse[sel] - start
             pos = scores[local, items[sel]]
-            out[sel] = 1 + (scores[local] > pos[:, None]).sum(1)
+            out[sel] = 1 + (scores[local] > pos[:, None]).sum(1, dtype=torch.int32)
     return out
 
 

@@ -105,6 +105,8 @@ def _recall_by_type(plt: Any, report: dict[str, Any], margins: Any) -> Any:
     types = list(truth["counts"])
     fig, axes = plt.subplots(1, len(ks), figsize=(5.5 * len(ks), 3.8), squeeze=False)
     width = 0.8 / len(branches)
+    # one scale for every panel, fitted to the data: weak models' rates stay visible
+    top = max(v for k in ks for rates in truth[f"recall@{k}"].values() for v in rates.values())
     for ax, k in zip(axes[0], ks):
         for j, branch in enumerate(branches):
             values = [truth[f"recall@{k}"][branch][t] for t in types]
@@ -112,7 +114,7 @@ def _recall_by_type(plt: Any, report: dict[str, Any], margins: Any) -> Any:
                    values, width=width, label=f"{branch} branch")
         ax.set_xticks(range(len(types)))
         ax.set_xticklabels([f"{t.replace('_', ' ')}\n(n={truth['counts'][t]})" for t in types])
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, max(0.01, 1.15 * top))
         ax.set_xlabel("ground-truth type of the held-out pair")
         ax.set_ylabel(f"hit rate at K = {k}")
         ax.set_title(f"K = {k}")
