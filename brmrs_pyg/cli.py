@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from brmrs_pyg.analysis import AnalysisError, analyze_run
 from brmrs_pyg.checkpoint import RESUMABLE_KEYS, ResumeError
 from brmrs_pyg.config import Config, ConfigError, RunConfig, describe_keys
 from brmrs_pyg.data.cards import available_cards
@@ -28,7 +29,7 @@ def build_parser(paths: Paths) -> argparse.ArgumentParser:
         description="Train and evaluate a recommender. With no arguments: LightGCN on the "
                     "embedded synthetic dataset (generated on first use). To build a dataset "
                     "from raw Amazon files or your own table: run.py prepare {amazon,csv} "
-                    "--help.",
+                    "--help. Diagnostics of a finished run: run.py analyze DIR (--help).",
         epilog=_keys_help(paths))
     parser.add_argument("--dataset", metavar="NAME",
                         help="dataset card datasets/NAME.yaml (available: "
@@ -87,17 +88,59 @@ def resolve_config(args: argparse.Namespace, paths: Paths) -> Config:
     return load_config(paths, override_layers(args))
 
 
+def build_analyze_parser() -> argparse.ArgumentParser:
+    r"""The parser of ``run.py analyze``."""
+    parser = argparse.ArgumentParser(
+        prog="run.py analyze",
+        description="Diagnostics of a finished run of a model with branches (DESIGN.md "
+                    "section 1): per held-out pair and branch, the rank of the item; the "
+                    "six-way partition of hits (redundant, degraded, <modality>_unique, "
+                    "synergy, all_fail), per-branch recall, CHNS versus uniform negative "
+                    "margins, cross-modal confusion, and recall per ground-truth type on "
+                    "synthetic data. Writes DIR/analysis.json and PNG plots beside it.")
+    parser.add_argument("run_dir", metavar="DIR", help="output folder of a finished run")
+    parser.add_argument("--k", type=int, nargs="+", default=[10, 20], metavar="K",
+                        help="cut-offs (default: 10 20)")
+    parser.add_argument("--split", choices=["test", "valid"], default="test",
+                        help="held-out split to analyse (default: test)")
+    parser.add_argument("--no-plots", action="store_true", help="write analysis.json only")
+    parser.add_argument("--modalities", metavar="A,B",
+                        help="the two modalities to compare when the model has more")
+    parser.add_argument("--pool-size", type=int, default=10, metavar="P",
+                        help="candidates per pair for the margin diagnostics (default: 10)")
+    return parser
+
+
+def run_analyze(argv: Sequence[str], paths: Paths) -> None:
+    r"""``run.py analyze DIR ...``: writes ``DIR/analysis.json`` (see
+    :func:`brmrs_pyg.analysis.analyze_run`)."""
+    args = build_analyze_parser().parse_args(argv)
+    pair = tuple(m.strip() for m in args.modalities.split(",")) if args.modalities else None
+    report = analyze_run(Path(args.run_dir), paths, ks=tuple(args.k), split=args.split,
+                         plots=not args.no_plots, modalities=pair, pool_size=args.pool_size)
+    for k in report["ks"]:
+        shares = ", ".join(f"{c} {v:.3f}" for c, v in report[f"partition@{k}"].items())
+        print(f"partition@{k}: {shares}")
+    print(f"wrote {Path(args.run_dir) / 'analysis.json'}"
+          + (f" and {', '.join(report['plots'])}" if report.get("plots") else ""))
+
+
 def main(argv: Sequence[str] | None = None, root: Path | None = None) -> int:
     r"""Entry point of ``run.py``; returns the process exit code."""
     paths = Paths(root or Path.cwd())
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = None if argv[:1] == ["prepare"] else build_parser(paths).parse_intermixed_args(argv)
+    command = argv[0] if argv[:1] in (["prepare"], ["analyze"]) else None
+    args = None if command else build_parser(paths).parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     try:
-        if args is None:
+        if command == "prepare":
             run_prepare(argv[1:], paths.dataset_cards)
             return 0
+        if command == "analyze":
+            run_analyze(argv[1:], paths)
+            return 0
+        assert args is not None
         if args.resume:
             run_dir = Path(args.resume)
             if args.out is not None and Path(args.out).resolve() != run_dir.resolve():
@@ -109,7 +152,8 @@ def main(argv: Sequence[str] | None = None, root: Path | None = None) -> int:
         else:
             config = resolve_config(args, paths)
             run(config, paths, out_dir_of(config, paths))
-    except (ConfigError, DataError, UnknownNameError, TrainingError, ResumeError) as exc:
+    except (ConfigError, DataError, UnknownNameError, TrainingError, ResumeError,
+            AnalysisError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

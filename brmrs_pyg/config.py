@@ -45,6 +45,8 @@ class RunConfig:
     model: str = option("lightgcn", "model name, see models/<name>.yaml")
     data_dir: str = option("", "folder with the dataset files (default: datasets/<dataset>/)")
     modalities: str = option("", "comma-separated modalities to use (default: the card's)")
+    generator: str = option("", "synthetic generator overrides over the card's generator: "
+                                "block, comma-separated key=value (e.g. gamma_s=2,regime=synergy)")
     seed: int = option(999, "random seed for torch, numpy and python")
     epochs: int = option(1000, "maximum number of training epochs")
     out: str = option("", "output folder (default: runs/<dataset>-<model>-s<seed>-<time>)")

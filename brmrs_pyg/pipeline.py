@@ -22,7 +22,8 @@ from brmrs_pyg.checkpoint import check_config, check_data, read_training_checkpo
 from brmrs_pyg.config import Config, ConfigError, RunConfig, resolve
 from brmrs_pyg.data.cards import DatasetCard, load_card
 from brmrs_pyg.data.mmrec import InteractionData, load_dataset
-from brmrs_pyg.data.synthetic import SyntheticSpec, ensure_generated
+from brmrs_pyg.data.synthetic import (SyntheticSpec, ensure_generated, overrides_tag,
+                                      parse_generator_overrides)
 from brmrs_pyg.evaluation import Evaluator
 from brmrs_pyg.graphs import GraphSpec, load_or_build_graph
 from brmrs_pyg.interactions import PairIndex
@@ -137,9 +138,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def data_dir_of(config: Config, paths: Paths) -> Path:
-    r"""``--data-dir`` when given, else ``datasets/<dataset>/``."""
-    return Path(config.run.data_dir) if config.run.data_dir else (
-        paths.dataset_cards / config.run.dataset)
+    r"""``--data-dir`` when given, else ``datasets/<dataset>/``, or, with ``generator``
+    overrides, ``datasets/<dataset>-<tag>/`` (:func:`~brmrs_pyg.data.synthetic.overrides_tag`)
+    so that generator variants never overwrite each other."""
+    if config.run.data_dir:
+        return Path(config.run.data_dir)
+    overrides = parse_generator_overrides(config.run.generator)
+    name = config.run.dataset + (f"-{overrides_tag(overrides)}" if overrides else "")
+    return paths.dataset_cards / name
 
 
 def cache_dir_of(config: Config) -> Path:
@@ -159,10 +165,15 @@ def out_dir_of(config: Config, paths: Paths) -> Path:
 
 
 def load_data(card: DatasetCard, config: Config, paths: Paths) -> InteractionData:
-    r"""Reads the dataset, generating it first when its card has a ``generator``."""
+    r"""Reads the dataset, generating it first when its card has a ``generator`` (with the
+    run's ``generator`` overrides applied over it)."""
+    overrides = parse_generator_overrides(config.run.generator)
+    if overrides and card.generator is None:
+        raise ConfigError(f"generator={config.run.generator!r}: dataset {card.name!r} is not "
+                          f"generated (its card {card.path} has no generator: block)")
     data_dir = data_dir_of(config, paths)
     if card.generator is not None:
-        spec = SyntheticSpec.from_card(card.generator, card.path)
+        spec = SyntheticSpec.from_card({**card.generator, **overrides}, card.path)
         ensure_generated(spec, data_dir, card.inter,
                          {m.name: str(m.file) for m in card.modalities})
     return load_dataset(card, data_dir, config.run.modalities, cache_dir_of(config))

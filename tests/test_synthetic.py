@@ -1,5 +1,6 @@
 r"""The synthetic generator (``brmrs_pyg.data.synthetic``): determinism, the files it writes,
-and regeneration only when its settings change."""
+and regeneration only when its settings change. The testbed's regimes, conflicts, ground
+truth and command-line overrides are in ``test_synthetic_testbed.py``."""
 from __future__ import annotations
 
 import json
@@ -92,7 +93,8 @@ def test_ensure_generated_files_load_through_the_reader(tmp_path):
     spec, data_dir, data = generate_from_card(tmp_path, TINY)
     assert spec == tiny()
     assert sorted(p.name for p in data_dir.iterdir()) == [
-        "generator.json", "image_feat.npy", "syn.inter", "text_feat.npy"]
+        "conflicts.tsv", "generator.json", "ground_truth.tsv", "image_feat.npy", "syn.inter",
+        "text_feat.npy"]
     assert json.loads((data_dir / "generator.json").read_text()) == {
         "version": GENERATOR_VERSION, **asdict(spec)}
     ref = generate(spec)
@@ -198,7 +200,8 @@ def test_spec_rejects_bad_settings(changes, message):
         tiny(**changes)
 
 
-@pytest.mark.parametrize("name", ["synthetic", "synthetic_sports"])
+@pytest.mark.parametrize("name", ["synthetic", "synthetic_sports", "synthetic_tiny",
+                                  "synthetic_paper", "synthetic_paper_linear"])
 def test_repo_generator_cards_match_their_modalities(name):
     card = load_card(name, REPO / "datasets")
     spec = SyntheticSpec.from_card(card.generator, card.path)

@@ -1,0 +1,337 @@
+r"""The paper's diagnostics of a finished run (DESIGN.md section 1, "Diagnostics"), written by
+``python run.py analyze DIR`` to ``DIR/analysis.json`` with plots beside it.
+
+For every held-out pair :math:`(u, i^+)` of a split and every branch :math:`b` (each modality
+and ``fused``) the rank
+
+.. math::
+    r_b(u, i^+) = 1 + |\{j \notin \mathcal{O}^{train}_u,\ j \ne i^+ : s_b(u, j) > s_b(u, i^+)\}|
+
+(a tie counts in the positive's favour), and a hit at :math:`K` is :math:`r_b \le K`. With
+hits :math:`T, V, F` under the two modalities :math:`m_1, m_2` and the fused branch, each
+pair falls in exactly one class of the partition
+
+=================  ==========================================
+``redundant``      :math:`V \wedge T \wedge F`
+``degraded``       :math:`V \wedge T \wedge \neg F`
+``<m1>_unique``    :math:`T \wedge \neg V`
+``<m2>_unique``    :math:`V \wedge \neg T`
+``synergy``        :math:`\neg V \wedge \neg T \wedge F`
+``all_fail``       :math:`\neg V \wedge \neg T \wedge \neg F`
+=================  ==========================================
+
+(:math:`T` the hits of :math:`m_1`, :math:`V` those of :math:`m_2`). Per branch, Recall@K
+from the same ranks averages :math:`|\{i^+ : r \le K\}| / |T_u|` over users, as the evaluator
+does (equal to it when no scores tie).
+
+**Margins.** Each pair gets a pool of :math:`P` candidates drawn uniformly, with a fixed seed,
+from the items that are neither the user's training nor held-out items (a held-out item of
+the user is not a negative). The CHNS negative of modality :math:`m` is the pool's hardest
+candidate under the *other* modality, :math:`j_{m'} = \arg\max_{j} s_{m'}(u, j)`; the uniform
+negative is the pool's first column. The report gives the distribution of
+:math:`s_m(u, i^+) - s_m(u, j)` for both. The cross-modal confusion rate
+``"<m'>-><b>"`` is the fraction of pairs with :math:`s_b(u, i^+) > s_b(u, j_{m'})`: the
+negative that :math:`m'` ranks highest is separated by branch :math:`b`.
+
+**Ground truth.** When the run's data folder has ``ground_truth.tsv`` (synthetic data,
+:mod:`brmrs_pyg.data.synthetic`), every pair's type is known, and the report adds, per type,
+the pair count, each branch's hit rate at :math:`K` (hits / pairs of the type) and the
+partition counts.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from brmrs_pyg.config import Config
+from brmrs_pyg.data.cards import load_card
+from brmrs_pyg.data.mmrec import InteractionData
+from brmrs_pyg.data.synthetic import TYPES, GroundTruth, read_ground_truth
+from brmrs_pyg.interactions import PairIndex
+from brmrs_pyg.io import atomic_write_json
+from brmrs_pyg.pipeline import Paths, build_model, data_dir_of, load_config, load_data
+from brmrs_pyg.recommenders.base import gather, row_scores
+from brmrs_pyg.recommenders.brmrs import FUSED
+from brmrs_pyg.sampling import hardest_in_pool, sample_negatives
+
+log = logging.getLogger(__name__)
+SPLIT_LABELS = {"valid": 1, "test": 2}
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+#: Pair-times-item scores compared at once when ranking (bounds the memory of :func:`ranks`).
+RANK_BLOCK = 1 << 24
+
+
+class AnalysisError(ValueError):
+    r"""A run that cannot be analysed (missing files, a model without branches, bad options)."""
+
+
+def heldout_pairs(train: PairIndex, heldout: PairIndex) -> tuple[Tensor, Tensor]:
+    r"""The held-out pairs the evaluator ranks: those of users with a training and a held-out
+    interaction, sorted by user then item.
+
+    Shapes:
+        - **output**: ``(users, items)``, each :math:`(N,)`.
+    """
+    eligible = torch.nonzero((heldout.degree() > 0) & (train.degree() > 0)).view(-1)
+    rows, items = heldout.pairs_of(eligible)
+    return eligible[rows], items
+
+
+@torch.no_grad()
+def ranks(user_emb: Tensor, item_emb: Tensor, users: Tensor, items: Tensor,
+          train: PairIndex, chunk_size: int = 1024) -> Tensor:
+    r"""Rank of each held-out pair among the user's non-training items (module docstring).
+
+    Users are scored ``chunk_size`` at a time against all items, and the comparison runs on
+    at most :data:`RANK_BLOCK` scores at once: never a users x items matrix for all users.
+
+    Args:
+        user_emb (Tensor): :math:`(|\mathcal{U}|, d)`; **item_emb**: :math:`(|\mathcal{I}|, d)`.
+        users (Tensor): :math:`(N,)` user of each pair, ascending.
+        items (Tensor): :math:`(N,)` held-out item of each pair.
+        train (PairIndex): Training interactions, excluded from the ranking.
+
+    Shapes:
+        - **output**: :math:`(N,)`, int64 in :math:`[1, |\mathcal{I}|]`.
+    """
+    out = torch.empty_like(users)
+    uniq, inverse = torch.unique_consecutive(users, return_inverse=True)
+    bounds = torch.searchsorted(inverse, torch.arange(0, uniq.numel() + chunk_size, chunk_size))
+    block = max(1, RANK_BLOCK // max(item_emb.size(0), 1))
+    for c, start in enumerate(range(0, uniq.numel(), chunk_size)):
+        chunk = uniq[start:start + chunk_size]
+        scores = user_emb[chunk] @ item_emb.T
+        rows, masked = train.pairs_of(chunk)
+        scores[rows, masked] = -float("inf")
+        for lo in range(int(bounds[c]), int(bounds[c + 1]), block):
+            sel = slice(lo, min(lo + block, int(bounds[c + 1])))
+            local = inverse[sel] - start
+            pos = scores[local, items[sel]]
+            out[sel] = 1 + (scores[local] > pos[:, None]).sum(1, dtype=torch.int32)
+    return out
+
+
+def recall_from_ranks(rank: Tensor, users: Tensor, k: int) -> float:
+    r"""Recall@k averaged over users, from the ranks of all their held-out pairs."""
+    hits = torch.bincount(users, weights=(rank <= k).double())
+    total = torch.bincount(users).double()
+    present = total > 0
+    return float((hits[present] / total[present]).mean()) if bool(present.any()) else 0.0
+
+
+def partition(hits: dict[str, Tensor], pair: tuple[str, str]) -> dict[str, Tensor]:
+    r"""The six-way partition (module docstring) as boolean masks over the pairs, keyed
+    ``redundant``, ``degraded``, ``<m1>_unique``, ``<m2>_unique``, ``synergy``, ``all_fail``."""
+    t, v, f = hits[pair[0]], hits[pair[1]], hits[FUSED]
+    return {"redundant": t & v & f, "degraded": t & v & ~f, f"{pair[0]}_unique": t & ~v,
+            f"{pair[1]}_unique": v & ~t, "synergy": ~t & ~v & f, "all_fail": ~t & ~v & ~f}
+
+
+def summary(values: Tensor) -> dict[str, float]:
+    r"""Mean, standard deviation, :data:`QUANTILES` and the fraction above zero."""
+    v = values.double()
+    out = {"mean": float(v.mean()), "std": float(v.std()) if v.numel() > 1 else 0.0,
+           "frac_positive": float((v > 0).double().mean())}
+    q = torch.quantile(v, torch.tensor(QUANTILES, dtype=torch.float64))
+    out.update({f"q{round(100 * p):02d}": float(x) for p, x in zip(QUANTILES, q)})
+    return out
+
+
+@torch.no_grad()
+def pool_margins(branches: dict[str, tuple[Tensor, Tensor]], users: Tensor, items: Tensor,
+                 known: PairIndex, pair: tuple[str, str], pool_size: int, seed: int,
+                 chunk: int = 8192) -> tuple[dict[str, dict[str, Tensor]], dict[str, float]]:
+    r"""CHNS and uniform margins per modality of ``pair``, and the cross-modal confusion rates
+    (module docstring), from a pool of ``pool_size`` candidates per pair outside ``known``
+    drawn with ``seed``.
+
+    Returns:
+        ``({m: {"chns": (N,), "uniform": (N,)}}, {"<source>-><branch>": rate})``.
+    """
+    gen = torch.Generator(device=users.device).manual_seed(seed)
+    pool = sample_negatives(users, known, pool_size, generator=gen)
+    pos: dict[str, list[Tensor]] = {b: [] for b in branches}
+    cand: dict[str, list[Tensor]] = {b: [] for b in branches}
+    for lo in range(0, users.numel(), chunk):
+        u, i, p = users[lo:lo + chunk], items[lo:lo + chunk], pool[lo:lo + chunk]
+        for name, (user_emb, item_emb) in branches.items():
+            ue = gather(user_emb, u)
+            pos[name].append((ue * gather(item_emb, i)).sum(-1))
+            cand[name].append(row_scores(ue, gather(item_emb, p)))
+    pos_s = {b: torch.cat(v) for b, v in pos.items()}
+    pool_s = {b: torch.cat(v) for b, v in cand.items()}
+    hardest = {m: hardest_in_pool(pool_s[m], 1) for m in pair}
+    margins = {}
+    for m, other in (pair, pair[::-1]):
+        margins[m] = {"chns": pos_s[m] - pool_s[m].gather(1, hardest[other]).squeeze(1),
+                      "uniform": pos_s[m] - pool_s[m][:, 0]}
+    confusion = {f"{src}->{b}": float((pos_s[b] > pool_s[b].gather(1, hardest[src]).squeeze(1))
+                                      .double().mean())
+                 for src in pair for b in (*pair, FUSED)}
+    return margins, confusion
+
+
+def pair_types(truth: GroundTruth, users: Tensor, items: Tensor, label: int,
+               num_items: int, where: Path) -> np.ndarray:
+    r"""The ground-truth type of each pair ``(users[j], items[j])`` of split ``label``.
+
+    Raises:
+        AnalysisError: A pair is missing from ``ground_truth.tsv`` (data regenerated since?).
+    """
+    keep = truth.labels == label
+    keys = truth.users[keep] * num_items + truth.items[keep]
+    order = np.argsort(keys)
+    query = users.numpy() * num_items + items.numpy()
+    pos = np.searchsorted(keys[order], query).clip(max=max(len(keys) - 1, 0))
+    found = (keys[order][pos] == query) if len(keys) else np.zeros(len(query), dtype=bool)
+    if not found.all():
+        user, item = divmod(int(query[np.flatnonzero(~found)[0]]), num_items)
+        raise AnalysisError(f"{where}: no ground truth for held-out pair (user {user}, item "
+                            f"{item}); was the dataset regenerated after the run?")
+    return truth.types[keep][order][pos]
+
+
+def by_type(types: np.ndarray, hits: dict[int, dict[str, Tensor]],
+            classes: dict[int, dict[str, Tensor]]) -> dict[str, Any]:
+    r"""Per ground-truth type: pair counts, each branch's hit rate at every K, and the
+    partition counts at every K."""
+    present = set(types.tolist())
+    names = [t for t in TYPES if t in present]
+    masks = {t: torch.from_numpy(types == t) for t in names}
+    out: dict[str, Any] = {"counts": {t: int(m.sum()) for t, m in masks.items()}}
+    for k in hits:
+        out[f"recall@{k}"] = {b: {t: float(h[m].double().mean()) for t, m in masks.items()}
+                              for b, h in hits[k].items()}
+        out[f"partition@{k}"] = {t: {c: int((cm & m).sum()) for c, cm in classes[k].items()}
+                                 for t, m in masks.items()}
+    return out
+
+
+def choose_pair(names: list[str], modalities: tuple[str, ...] | None) -> tuple[str, str]:
+    r"""The two modalities the partition compares: the model's two, or the ``modalities``
+    chosen among more."""
+    if modalities is None:
+        if len(names) != 2:
+            raise AnalysisError(f"the partition compares two modalities; the model has "
+                                f"{names}: choose two with --modalities a,b")
+        return names[0], names[1]
+    if len(modalities) != 2 or len(set(modalities)) != 2 or set(modalities) - set(names):
+        raise AnalysisError(f"--modalities must name two different modalities of the model "
+                            f"({', '.join(names)}), got {','.join(modalities)}")
+    return modalities[0], modalities[1]
+
+
+def load_run(run_dir: Path, paths: Paths) -> tuple[Config, dict[str, Any]]:
+    r"""The config of the run in ``run_dir`` (from ``results.json``) and its ``best.pt``."""
+    results_path, best_path = run_dir / "results.json", run_dir / "best.pt"
+    for path, what in ((results_path, "a finished run writes it"),
+                       (best_path, "the best-valid weights, written during training")):
+        if not path.is_file():
+            raise AnalysisError(f"{run_dir} is not a finished run: no {path.name} ({what})")
+    try:
+        saved = json.loads(results_path.read_text())["config"]
+        payload = torch.load(best_path, map_location="cpu", weights_only=True)
+        weights = payload["model"]
+    except (ValueError, KeyError, TypeError, RuntimeError, OSError) as exc:
+        raise AnalysisError(f"{run_dir}: cannot read results.json or best.pt "
+                            f"({type(exc).__name__}: {exc})") from None
+    return load_config(paths, [(f"run {results_path}", saved)]), weights
+
+
+def analyze_run(run_dir: Path, paths: Paths, ks: tuple[int, ...] = (10, 20),
+                split: str = "test", plots: bool = True,
+                modalities: tuple[str, ...] | None = None, pool_size: int = 10,
+                seed: int = 0) -> dict:
+    r"""Writes ``run_dir/analysis.json`` (and, with ``plots``, PNGs beside it) with the
+    diagnostics of the module docstring, computed on CPU from the run's best-valid weights.
+
+    Args:
+        run_dir (Path): A finished run (``results.json`` and ``best.pt``).
+        paths (Paths): Where the dataset and model cards are.
+        ks (tuple, optional): Cut-offs :math:`K`. (default: :obj:`(10, 20)`)
+        split (str, optional): ``"test"`` or ``"valid"``. (default: ``"test"``)
+        plots (bool, optional): Also write PNG plots (needs matplotlib). (default: :obj:`True`)
+        modalities (tuple, optional): The two modalities the partition compares, needed when
+            the model has more than two. (default: :obj:`None`)
+        pool_size (int, optional): Candidates per pair for the margins. (default: :obj:`10`)
+        seed (int, optional): Seed of the candidate pools. (default: :obj:`0`)
+
+    Returns:
+        The report written to ``analysis.json``.
+    """
+    run_dir = Path(run_dir)
+    if split not in SPLIT_LABELS or not ks or min(ks) < 1 or pool_size < 1:
+        raise AnalysisError(f"need split in {tuple(SPLIT_LABELS)}, cut-offs >= 1 and a pool "
+                            f"size >= 1; got split={split!r}, ks={ks}, pool_size={pool_size}")
+    config, weights = load_run(run_dir, paths)
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    data = load_data(load_card(config.run.dataset, paths.dataset_cards), config, paths)
+    model = build_model(config, data, torch.device("cpu"))
+    branches_of: Any = getattr(model, "branches", None)
+    if not callable(branches_of):
+        raise AnalysisError(f"model {config.run.model!r} has no per-branch embeddings "
+                            "(branches()): the diagnostics compare modality branches")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise AnalysisError(f"{run_dir / 'best.pt'} does not fit the model its config "
+                            f"builds: {str(exc).splitlines()[0]}") from None
+    model.eval()
+    with torch.no_grad():
+        branches = {b: (u.float(), i.float()) for b, (u, i) in branches_of().items()}
+    pair = choose_pair([b for b in branches if b != FUSED], modalities)
+    report, margins = _report(data, branches, pair, sorted(set(ks)), split, pool_size, seed,
+                              data_dir_of(config, paths))
+    report = {"run": str(run_dir), "dataset": config.run.dataset, "model": config.run.model,
+              **report}
+    if plots:
+        from brmrs_pyg.analysis_plots import write_plots
+        report["plots"] = write_plots(report, margins, run_dir)
+    atomic_write_json(run_dir / "analysis.json", report)
+    log.info("wrote %s", run_dir / "analysis.json")
+    return report
+
+
+def _report(data: InteractionData, branches: dict[str, tuple[Tensor, Tensor]],
+            pair: tuple[str, str], ks: list[int], split: str, pool_size: int, seed: int,
+            data_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str, Tensor]]]:
+    r"""Every number of :func:`analyze_run`, as a JSON-ready dict, and the raw margins (for
+    the histograms; the report keeps their summaries)."""
+    train = PairIndex.from_edges(data.train, data.num_users, data.num_items)
+    heldout = data.split(split)
+    users, items = heldout_pairs(train, PairIndex.from_edges(heldout, data.num_users,
+                                                             data.num_items))
+    if users.numel() == 0:
+        raise AnalysisError(f"the {split} split has no pair to analyse")
+    rank = {b: ranks(u, i, users, items, train) for b, (u, i) in branches.items()}
+    hits = {k: {b: r <= k for b, r in rank.items()} for k in ks}
+    classes = {k: partition(hits[k], pair) for k in ks}
+    n = users.numel()
+    report: dict[str, Any] = {"split": split, "ks": ks, "modalities": list(pair),
+                              "branches": list(branches), "num_pairs": n,
+                              "num_users": int(users.unique().numel())}
+    for k in ks:
+        report[f"partition@{k}"] = {c: int(m.sum()) / n for c, m in classes[k].items()}
+        report[f"partition_counts@{k}"] = {c: int(m.sum()) for c, m in classes[k].items()}
+        report[f"recall@{k}"] = {b: recall_from_ranks(r, users, k) for b, r in rank.items()}
+    report["median_rank"] = {b: float(r.double().median()) for b, r in rank.items()}
+    known = PairIndex.from_edges(torch.cat([data.train, heldout], 1), data.num_users,
+                                 data.num_items)
+    margins, confusion = pool_margins(branches, users, items, known, pair, pool_size, seed)
+    report["pool"] = {"size": pool_size, "seed": seed}
+    report["margins"] = {m: {kind: summary(v) for kind, v in d.items()}
+                         for m, d in margins.items()}
+    report["cross_modal_confusion"] = confusion
+    truth = read_ground_truth(data_dir)
+    if truth is not None:
+        types = pair_types(truth, users, items, SPLIT_LABELS[split], data.num_items,
+                           data_dir / "ground_truth.tsv")
+        report["ground_truth"] = by_type(types, hits, classes)
+    return report, margins
