@@ -12,6 +12,9 @@ from brmrs_pyg.config import Config, ConfigError, RunConfig, describe_keys
 from brmrs_pyg.data.cards import available_cards
 from brmrs_pyg.data.errors import DataError
 from brmrs_pyg.data.prepare.cli import run_prepare
+from brmrs_pyg.experiments import SuiteError
+from brmrs_pyg.experiments.cli import run_suite_cli
+from brmrs_pyg.experiments.report import PlotsUnavailable
 from brmrs_pyg.pipeline import Paths, load_config, out_dir_of, resume_config, run
 from brmrs_pyg.recommenders import MODELS
 from brmrs_pyg.registry import UnknownNameError
@@ -28,7 +31,8 @@ def build_parser(paths: Paths) -> argparse.ArgumentParser:
         description="Train and evaluate a recommender. With no arguments: LightGCN on the "
                     "embedded synthetic dataset (generated on first use). To build a dataset "
                     "from raw Amazon files or your own table: run.py prepare {amazon,csv} "
-                    "--help.",
+                    "--help. To run a named experiment suite (seeds, grids, tables, plots): "
+                    "run.py suite --help.",
         epilog=_keys_help(paths))
     parser.add_argument("--dataset", metavar="NAME",
                         help="dataset card datasets/NAME.yaml (available: "
@@ -91,13 +95,18 @@ def main(argv: Sequence[str] | None = None, root: Path | None = None) -> int:
     r"""Entry point of ``run.py``; returns the process exit code."""
     paths = Paths(root or Path.cwd())
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = None if argv[:1] == ["prepare"] else build_parser(paths).parse_intermixed_args(argv)
+    command = argv[0] if argv[:1] in (["prepare"], ["suite"]) else None
+    args = None if command else build_parser(paths).parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     try:
-        if args is None:
+        if command == "prepare":
             run_prepare(argv[1:], paths.dataset_cards)
             return 0
+        if command == "suite":
+            run_suite_cli(argv[1:], paths)
+            return 0
+        assert args is not None
         if args.resume:
             run_dir = Path(args.resume)
             if args.out is not None and Path(args.out).resolve() != run_dir.resolve():
@@ -109,7 +118,8 @@ def main(argv: Sequence[str] | None = None, root: Path | None = None) -> int:
         else:
             config = resolve_config(args, paths)
             run(config, paths, out_dir_of(config, paths))
-    except (ConfigError, DataError, UnknownNameError, TrainingError, ResumeError) as exc:
+    except (ConfigError, DataError, UnknownNameError, TrainingError, ResumeError,
+            SuiteError, PlotsUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
