@@ -138,11 +138,15 @@ def pyplot() -> Any:
 
 
 def line_plot(path: Path, title: str, panels: Sequence[Panel]) -> None:
-    r"""A figure of ``panels`` side by side (lines with error bars, or stacked areas),
+    r"""A figure of ``panels``, three to a row (lines with error bars, or stacked areas),
     saved to ``path`` (PNG)."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
-    for ax, panel in zip(axes[0], panels):
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, panel in zip(axes.flat, panels):
         ticks = range(len(panel.x))
         if panel.stacked:
             ax.stackplot(ticks, *(s.y for s in panel.series),
@@ -156,7 +160,10 @@ def line_plot(path: Path, title: str, panels: Sequence[Panel]) -> None:
         ax.set_xlabel(panel.xlabel)
         ax.set_ylabel(panel.ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if panel.stacked:  # beside the areas, which fill the whole axes
+            ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        else:
+            ax.legend(fontsize=8)
     _save(fig, path, title)
 
 
@@ -194,6 +201,6 @@ def _save(fig: Any, path: Path, title: str) -> None:
     fig.suptitle(title)
     fig.tight_layout()
     with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
+        fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
     plt.close(fig)

@@ -181,8 +181,11 @@ def main_suite(ctx: SuiteContext) -> dict[str, Any]:
     if ours and others:
         best_other = max(others, key=lambda v: mean_valid(records[v]))
         significance, lines = compare_to(ctx, records, ours[0], [best_other])
-    notes = [f"Grid search on valid (seed {seed}) for: {', '.join(grids)}." if grids else
-             "Hyperparameters: the model cards' defaults.", *lines]
+    chosen = "; ".join(f"{v.model} " + (" ".join(f"{k}={x}" for k, x in v.overrides) or
+                                          "(card defaults)")
+                       for v in variants if v.model in grids)
+    notes = [f"Grid search on valid (seed {seed}), chosen: {chosen}; other models: card "
+             "defaults." if grids else "Hyperparameters: the model cards' defaults.", *lines]
     return report(ctx, records, "Main comparison", notes,
                   {"grid": grids, "significance": significance})
 

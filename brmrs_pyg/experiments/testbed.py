@@ -143,10 +143,10 @@ def robustness_suite(ctx: SuiteContext) -> dict[str, Any]:
     rows, type_rows, panels = [], [], []
     for key, gens in ROBUSTNESS.items():
         ticks = [gen.split(",")[0].partition("=")[2] for gen in gens]
+        shown = " = ".join(part.partition("=")[0] for part in gens[0].split(","))
         recall = {m: [summarize(records[grid[key, g, m]], "test", ["recall@20"])
                       for g in gens] for m in models}
-        panels.append(Panel(f"sweep of {key}" + (" (= gamma_v)" if "," in gens[0] else ""),
-                            key, "test recall@20 (mean ± std)", ticks,
+        panels.append(Panel(f"sweep of {shown}", shown, "test recall@20 (mean ± std)", ticks,
                             [Series(m, [s["recall@20"].mean if s else np.nan for s in recall[m]],
                                     [s["recall@20"].std if s else np.nan for s in recall[m]])
                              for m in models]))
@@ -157,14 +157,15 @@ def robustness_suite(ctx: SuiteContext) -> dict[str, Any]:
                 rows.append(TableRow(v.name, summarize(records[v], "test", TABLE_METRICS),
                                      extra))
                 type_rows.append(TableRow(v.name, types[v], extra))
-        type_panels = [Panel(m, key, f"test recall@{K} of pairs of a type", ticks,
+        type_panels = [Panel(f"{m}: recall@{K} per type", shown,
+                             f"test recall@{K} of the pairs of a type", ticks,
                              _stats([types[grid[key, g, m]] for g in gens],
                                     list(dict.fromkeys(t for g in gens
                                                        for t in types[grid[key, g, m]]))))
                        for m in models]
         if any(p.series for p in type_panels):
             line_plot(ctx.out / f"robustness_types_{key}.png", f"Recall@{K} per ground-truth "
-                      f"type vs {key}", type_panels)
+                      f"type vs {shown}", type_panels)
     write_tables(ctx.out, rows, "Robustness to the generator's factor weights")
     type_names = list(dict.fromkeys(t for r in type_rows for t in r.cells))
     if type_names:
