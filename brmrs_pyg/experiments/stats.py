@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -45,7 +46,7 @@ class TestResult:
     df: float = math.nan
 
 
-def _differences(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
+def _differences(a: ArrayLike, b: ArrayLike) -> np.ndarray:
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"paired samples need two 1-d arrays of one length, got shapes "
@@ -72,7 +73,7 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def wilcoxon_signed_rank(a: Sequence[float], b: Sequence[float], continuity: bool = False
+def wilcoxon_signed_rank(a: ArrayLike, b: ArrayLike, continuity: bool = False
                          ) -> TestResult:
     r"""Wilcoxon's signed-rank test of paired samples (two-sided), normal approximation.
 
@@ -92,7 +93,7 @@ def wilcoxon_signed_rank(a: Sequence[float], b: Sequence[float], continuity: boo
     non-zero difference the p-value is 1.
 
     Args:
-        a, b (sequence): Paired samples, e.g. two models' per-user Recall@20.
+        a, b (array-like): Paired samples, e.g. two models' per-user Recall@20.
         continuity (bool, optional): Apply the continuity correction. (default: :obj:`False`)
 
     Shapes:
@@ -113,7 +114,7 @@ def wilcoxon_signed_rank(a: Sequence[float], b: Sequence[float], continuity: boo
     return TestResult(statistic=w_plus, p_value=math.erfc(abs(z) / math.sqrt(2)), n=n, z=z)
 
 
-def paired_t_test(a: Sequence[float], b: Sequence[float]) -> TestResult:
+def paired_t_test(a: ArrayLike, b: ArrayLike) -> TestResult:
     r"""Student's paired t-test (two-sided) of :math:`d = a - b`:
 
     .. math::
