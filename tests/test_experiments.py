@@ -337,3 +337,18 @@ def test_testbed_suites_tabulate_and_plot_the_diagnostics(project, tmp_path, mon
     lfm = Runner(RunnerSettings(pipeline.Paths(project), "lfm2k", out))
     with pytest.raises(SuiteError, match="has none"):
         testbed.robustness_suite(SuiteContext(lfm, (1,)))
+
+
+def test_analyze_reads_a_saved_analysis_and_needs_the_diagnostics_module(tmp_path,
+                                                                         monkeypatch):
+    record = RunRecord(Variant.of("m"), 1, tmp_path, fake_results(0.1, 0.1))
+    assert testbed.analyze(RunRecord(Variant.of("m"), 1, tmp_path, None, "nan"), None) is None
+    monkeypatch.setitem(sys.modules, "brmrs_pyg.analysis", None)
+    with pytest.raises(SuiteError, match="needs brmrs_pyg.analysis"):
+        testbed.analyze(record, None)
+    saved = {"partition@20": {"synergy": 0.25, "redundant": 0.75, "counts": "n/a"},
+             "recall_by_type@20": {"synergy": 0.5}}
+    (tmp_path / "analysis.json").write_text(json.dumps(saved))
+    analysis = testbed.analyze(record, None)  # read back, the module is not needed
+    assert testbed.partition(analysis) == {"synergy": 0.25, "redundant": 0.75}
+    assert testbed.type_recall(analysis) == {"synergy": 0.5}

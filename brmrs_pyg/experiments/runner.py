@@ -174,7 +174,9 @@ class Runner:
         (``[stage i/N] name seed: outcome | ETA``); returns the records per variant, in
         seed order."""
         todo = [(v, s) for v in dict.fromkeys(variants) for s in seeds]
-        left = sum(not (self.folder(v, s) / "results.json").is_file() for v, s in todo)
+        # a configuration reached by two variants (a sweep's default point) trains once
+        left = len({f for f in (self.folder(v, s) for v, s in todo)
+                    if not (f / "results.json").is_file()})
         spent: list[float] = []
         out: dict[Variant, list[RunRecord]] = {v: [] for v, _ in todo}
         for i, (variant, seed) in enumerate(todo, 1):

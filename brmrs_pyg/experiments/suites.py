@@ -158,8 +158,11 @@ def report(ctx: SuiteContext, records: dict[Variant, list[RunRecord]], title: st
 
 @SUITES.register("main")
 def main_suite(ctx: SuiteContext) -> dict[str, Any]:
-    r"""Every available model (optionally grid-searched on valid), test R@10/20 and N@10/20
-    mean ± std, and paired tests of ``brmrs`` against the best other model by valid."""
+    r"""All models: test R@10/20, N@10/20; brmrs vs the best other (by valid).
+
+    Every available model of :data:`MAIN_MODELS` (or ``ctx.models``), optionally
+    grid-searched on valid, on every seed; paired tests of ``brmrs`` against the other
+    model with the best mean validation score."""
     models = available(ctx.models or MAIN_MODELS)
     if not models:
         raise SuiteError("no model of the suite is registered")
@@ -192,8 +195,10 @@ def main_suite(ctx: SuiteContext) -> dict[str, Any]:
 
 @SUITES.register("ablation")
 def ablation_suite(ctx: SuiteContext) -> dict[str, Any]:
-    r"""BR-MRS with CHNS on/off × synergy on/off (``lambda_h``, ``lambda_s`` in {0, the
-    card's value}); paired tests of the full model against each ablation."""
+    r"""BR-MRS with CHNS on/off x synergy on/off.
+
+    ``lambda_h``, ``lambda_s`` in {0, the resolved (card) value}; paired tests of the full
+    model against each ablation."""
     params = ctx.runner.config(Variant("brmrs"), ctx.seeds[0]).model
     if not params.lambda_h or not params.lambda_s:
         raise SuiteError(f"the ablation switches CHNS and synergy off, but they are off "
@@ -211,9 +216,10 @@ def ablation_suite(ctx: SuiteContext) -> dict[str, Any]:
 
 @SUITES.register("negatives")
 def negatives_suite(ctx: SuiteContext) -> dict[str, Any]:
-    r"""BR-MRS with its hard-negative term fed by uniform negatives, the fused score's
-    hardest, each modality's hardest, and CHNS (``hard_negatives``); paired tests of CHNS
-    against each."""
+    r"""BR-MRS's hard negatives: uniform, fused, each modality, CHNS.
+
+    The hard-negative term fed by uniform negatives, the fused score's hardest, each
+    modality's hardest, and CHNS (``hard_negatives``); paired tests of CHNS against each."""
     config = ctx.runner.config(Variant("brmrs"), ctx.seeds[0])
     if not config.model.lambda_h:
         raise SuiteError("the negatives suite compares sources of the hard-negative term; "
@@ -233,8 +239,9 @@ def negatives_suite(ctx: SuiteContext) -> dict[str, Any]:
 
 @SUITES.register("sensitivity")
 def sensitivity_suite(ctx: SuiteContext) -> dict[str, Any]:
-    r"""One-at-a-time sweeps of :data:`SENSITIVITY` around the card's BR-MRS; valid and
-    test Recall@20 against each value."""
+    r"""BR-MRS, one hyperparameter at a time: valid and test R@20 vs value.
+
+    The sweeps of :data:`SENSITIVITY` around the card's configuration."""
     sweeps = {key: runnable(ctx, [Variant.of("brmrs", f"{key}={v}", **{key: v})
                                   for v in values]) for key, values in SENSITIVITY.items()}
     records = ctx.runner.run([v for vs in sweeps.values() for v in vs], ctx.seeds,

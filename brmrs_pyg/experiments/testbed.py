@@ -89,9 +89,10 @@ def _stats(maps: Sequence[dict[str, Summary]], keys: Sequence[str]) -> list[Seri
 
 @SUITES.register("empirical")
 def empirical_suite(ctx: SuiteContext) -> dict[str, Any]:
-    r"""``decoupled`` with each of its decoupling weights swept (:data:`EMPIRICAL`): test
-    metrics, and the six-way partition of the test pairs (``analyze_run``) against each
-    weight."""
+    r"""decoupled's decoupling weights vs the six-way partition of test pairs.
+
+    Each weight of :data:`EMPIRICAL` swept; test metrics, and the partition of the test
+    pairs (``analyze_run``) against each weight."""
     if "decoupled" not in MODELS:
         raise SuiteError(f"the empirical suite needs the model decoupled (registered: "
                          f"{', '.join(MODELS.names())})")
@@ -126,8 +127,10 @@ def empirical_suite(ctx: SuiteContext) -> dict[str, Any]:
 
 @SUITES.register("robustness")
 def robustness_suite(ctx: SuiteContext) -> dict[str, Any]:
-    r"""On a synthetic card, :data:`ROBUSTNESS_MODELS` on data generated with each value of
-    each sweep of :data:`ROBUSTNESS` (``generator=...``): test Recall@20 per model, and
+    r"""Models on synthetic data with swept factor weights: R@20, recall per type.
+
+    On a card with a generator, :data:`ROBUSTNESS_MODELS` on data generated with each value
+    of each sweep of :data:`ROBUSTNESS` (``generator=...``): test Recall@20 per model, and
     recall per ground-truth type (``analyze_run``), against the value."""
     settings = ctx.runner.settings
     if load_card(settings.dataset, settings.paths.dataset_cards).generator is None:
