@@ -276,8 +276,11 @@ def analyze_run(run_dir: Path, paths: Paths, ks: tuple[int, ...] = (10, 20),
     model = build_model(config, data, torch.device("cpu"))
     branches_of: Any = getattr(model, "branches", None)
     if not callable(branches_of):
-        raise AnalysisError(f"model {config.run.model!r} has no per-branch embeddings "
-                            "(branches()): the diagnostics compare modality branches")
+        # a one-branch model: its ranking is all there is to analyse (recall, ranks and, on
+        # synthetic data, recall per ground-truth type); nothing to partition or compare
+        log.warning("model %r has no per-branch embeddings (branches()): no partition, "
+                    "margins or confusion, only its own ranking", config.run.model)
+        branches_of = lambda: {FUSED: model()}  # noqa: E731
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
@@ -286,7 +289,8 @@ def analyze_run(run_dir: Path, paths: Paths, ks: tuple[int, ...] = (10, 20),
     model.eval()
     with torch.no_grad():
         branches = {b: (u.float(), i.float()) for b, (u, i) in branches_of().items()}
-    pair = choose_pair([b for b in branches if b != FUSED], modalities)
+    pair = (choose_pair([b for b in branches if b != FUSED], modalities)
+            if len(branches) > 1 else None)
     report, margins = _report(data, branches, pair, sorted(set(ks)), split, pool_size, seed,
                               data_dir_of(config, paths))
     report = {"run": str(run_dir), "dataset": config.run.dataset, "model": config.run.model,
@@ -300,10 +304,11 @@ def analyze_run(run_dir: Path, paths: Paths, ks: tuple[int, ...] = (10, 20),
 
 
 def _report(data: InteractionData, branches: dict[str, tuple[Tensor, Tensor]],
-            pair: tuple[str, str], ks: list[int], split: str, pool_size: int, seed: int,
+            pair: tuple[str, str] | None, ks: list[int], split: str, pool_size: int, seed: int,
             data_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str, Tensor]]]:
     r"""Every number of :func:`analyze_run`, as a JSON-ready dict, and the raw margins (for
-    the histograms; the report keeps their summaries)."""
+    the histograms; the report keeps their summaries). Without a ``pair`` (a one-branch
+    model) only the ranking's numbers."""
     train = PairIndex.from_edges(data.train, data.num_users, data.num_items)
     heldout = data.split(split)
     users, items = heldout_pairs(train, PairIndex.from_edges(heldout, data.num_users,
@@ -312,23 +317,27 @@ def _report(data: InteractionData, branches: dict[str, tuple[Tensor, Tensor]],
         raise AnalysisError(f"the {split} split has no pair to analyse")
     rank = {b: ranks(u, i, users, items, train) for b, (u, i) in branches.items()}
     hits = {k: {b: r <= k for b, r in rank.items()} for k in ks}
-    classes = {k: partition(hits[k], pair) for k in ks}
+    classes = {k: partition(hits[k], pair) if pair else {} for k in ks}
     n = users.numel()
-    report: dict[str, Any] = {"split": split, "ks": ks, "modalities": list(pair),
+    report: dict[str, Any] = {"split": split, "ks": ks, "modalities": list(pair or ()),
                               "branches": list(branches), "num_pairs": n,
                               "num_users": int(users.unique().numel())}
     for k in ks:
-        report[f"partition@{k}"] = {c: int(m.sum()) / n for c, m in classes[k].items()}
-        report[f"partition_counts@{k}"] = {c: int(m.sum()) for c, m in classes[k].items()}
+        if pair:
+            report[f"partition@{k}"] = {c: int(m.sum()) / n for c, m in classes[k].items()}
+            report[f"partition_counts@{k}"] = {c: int(m.sum()) for c, m in classes[k].items()}
         report[f"recall@{k}"] = {b: recall_from_ranks(r, users, k) for b, r in rank.items()}
     report["median_rank"] = {b: float(r.double().median()) for b, r in rank.items()}
-    known = PairIndex.from_edges(torch.cat([data.train, heldout], 1), data.num_users,
-                                 data.num_items)
-    margins, confusion = pool_margins(branches, users, items, known, pair, pool_size, seed)
-    report["pool"] = {"size": pool_size, "seed": seed}
-    report["margins"] = {m: {kind: summary(v) for kind, v in d.items()}
-                         for m, d in margins.items()}
-    report["cross_modal_confusion"] = confusion
+    margins: dict[str, dict[str, Tensor]] = {}
+    if pair:
+        known = PairIndex.from_edges(torch.cat([data.train, heldout], 1), data.num_users,
+                                     data.num_items)
+        margins, confusion = pool_margins(branches, users, items, known, pair, pool_size,
+                                          seed)
+        report["pool"] = {"size": pool_size, "seed": seed}
+        report["margins"] = {m: {kind: summary(v) for kind, v in d.items()}
+                             for m, d in margins.items()}
+        report["cross_modal_confusion"] = confusion
     truth = read_ground_truth(data_dir)
     if truth is not None:
         types = pair_types(truth, users, items, SPLIT_LABELS[split], data.num_items,

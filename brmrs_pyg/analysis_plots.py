@@ -30,7 +30,7 @@ def write_plots(report: dict[str, Any], margins: dict[str, dict[str, Tensor]],
         log.warning("matplotlib is not installed: analysis.json written without plots; "
                     "install them with: pip install -e .[plots]")
         return []
-    drawn = {"partition.png": _partition, "margins.png": _margins}
+    drawn = {"partition.png": _partition, "margins.png": _margins} if report["modalities"] else {}
     if "ground_truth" in report:
         drawn["recall_by_type.png"] = _recall_by_type
     for name, draw in drawn.items():

@@ -13,6 +13,9 @@ from brmrs_pyg.config import Config, ConfigError, RunConfig, describe_keys
 from brmrs_pyg.data.cards import available_cards
 from brmrs_pyg.data.errors import DataError
 from brmrs_pyg.data.prepare.cli import run_prepare
+from brmrs_pyg.experiments import SuiteError
+from brmrs_pyg.experiments.cli import run_suite_cli
+from brmrs_pyg.experiments.report import PlotsUnavailable
 from brmrs_pyg.pipeline import Paths, load_config, out_dir_of, resume_config, run
 from brmrs_pyg.recommenders import MODELS
 from brmrs_pyg.registry import UnknownNameError
@@ -29,7 +32,8 @@ def build_parser(paths: Paths) -> argparse.ArgumentParser:
         description="Train and evaluate a recommender. With no arguments: LightGCN on the "
                     "embedded synthetic dataset (generated on first use). To build a dataset "
                     "from raw Amazon files or your own table: run.py prepare {amazon,csv} "
-                    "--help. Diagnostics of a finished run: run.py analyze DIR (--help).",
+                    "--help. Diagnostics of a finished run: run.py analyze DIR (--help). "
+                    "A named experiment suite (seeds, grids, tables, plots): run.py suite --help.",
         epilog=_keys_help(paths))
     parser.add_argument("--dataset", metavar="NAME",
                         help="dataset card datasets/NAME.yaml (available: "
@@ -119,8 +123,11 @@ def run_analyze(argv: Sequence[str], paths: Paths) -> None:
     report = analyze_run(Path(args.run_dir), paths, ks=tuple(args.k), split=args.split,
                          plots=not args.no_plots, modalities=pair, pool_size=args.pool_size)
     for k in report["ks"]:
-        shares = ", ".join(f"{c} {v:.3f}" for c, v in report[f"partition@{k}"].items())
-        print(f"partition@{k}: {shares}")
+        recall = ", ".join(f"{b} {v:.4f}" for b, v in report[f"recall@{k}"].items())
+        print(f"recall@{k}: {recall}")
+        if f"partition@{k}" in report:
+            shares = ", ".join(f"{c} {v:.3f}" for c, v in report[f"partition@{k}"].items())
+            print(f"partition@{k}: {shares}")
     print(f"wrote {Path(args.run_dir) / 'analysis.json'}"
           + (f" and {', '.join(report['plots'])}" if report.get("plots") else ""))
 
@@ -129,7 +136,7 @@ def main(argv: Sequence[str] | None = None, root: Path | None = None) -> int:
     r"""Entry point of ``run.py``; returns the process exit code."""
     paths = Paths(root or Path.cwd())
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv[:1] in (["prepare"], ["analyze"]) else None
+    command = argv[0] if argv[:1] in (["prepare"], ["analyze"], ["suite"]) else None
     args = None if command else build_parser(paths).parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
@@ -139,6 +146,9 @@ def main(argv: Sequence[str] | None = None, root: Path | None = None) -> int:
             return 0
         if command == "analyze":
             run_analyze(argv[1:], paths)
+            return 0
+        if command == "suite":
+            run_suite_cli(argv[1:], paths)
             return 0
         assert args is not None
         if args.resume:
@@ -153,7 +163,7 @@ def main(argv: Sequence[str] | None = None, root: Path | None = None) -> int:
             config = resolve_config(args, paths)
             run(config, paths, out_dir_of(config, paths))
     except (ConfigError, DataError, UnknownNameError, TrainingError, ResumeError,
-            AnalysisError) as exc:
+            AnalysisError, SuiteError, PlotsUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

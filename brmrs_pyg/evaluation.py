@@ -71,9 +71,12 @@ class EvalResult:
         tie_rate (float): Fraction of users whose scores at ranks ``max(TOPKS)`` and
             ``max(TOPKS)+1`` are equal, i.e. whose list is cut inside a tie (order then
             depends on item ids, not on the model).
-        users (Tensor, optional): Evaluated user ids, with ``topk``.
+        users (Tensor, optional): Evaluated user ids, in the row order of ``topk`` and
+            ``per_user``.
         topk (Tensor, optional): :math:`(\text{num\_users}, \max K)` ranked item ids; ``-1``
             pads the lists of users with fewer unmasked items than :math:`\max K`.
+        per_user (dict, optional): ``"recall@20" -> (num_users,)`` every user's value of every
+            metric; ``metrics`` is their mean.
     """
 
     metrics: dict[str, float]
@@ -81,6 +84,7 @@ class EvalResult:
     tie_rate: float
     users: Tensor | None = None
     topk: Tensor | None = None
+    per_user: dict[str, Tensor] | None = None
 
 
 class Evaluator:
@@ -103,11 +107,15 @@ class Evaluator:
         self.users = torch.nonzero(eligible).view(-1)
 
     @torch.no_grad()
-    def evaluate(self, scorer: Scorer, return_topk: bool = False) -> EvalResult:
-        r"""Scores every eligible user with ``scorer`` and averages the metrics."""
+    def evaluate(self, scorer: Scorer, return_topk: bool = False,
+                 return_per_user: bool = False) -> EvalResult:
+        r"""Scores every eligible user with ``scorer`` and averages the metrics; with
+        ``return_topk`` / ``return_per_user`` also returns the users, their top lists /
+        their values of every metric (for paired tests between runs)."""
         max_k = max(self.ks)
         num_items = self.train.num_items
         sums = {f"{m}@{k}": 0.0 for m in METRICS for k in self.ks}
+        rows_of: dict[str, list[Tensor]] = {key: [] for key in sums}
         ties, tops = 0, []
         for start in range(0, self.users.numel(), self.chunk_size):
             users = self.users[start:start + self.chunk_size]
@@ -130,11 +138,19 @@ class Evaluator:
                 ties += int(((edge == top_val[:, max_k]) & edge.isfinite()).sum())
             for name, fn in METRICS.items():
                 for k in self.ks:
-                    sums[f"{name}@{k}"] += float(fn(hits, num_pos, k).sum())
+                    values = fn(hits, num_pos, k)
+                    sums[f"{name}@{k}"] += float(values.sum())
+                    if return_per_user:
+                        rows_of[f"{name}@{k}"].append(values)
             if return_topk:  # masked (training) items never enter a list: -1 pads it
                 tops.append(top[:, :max_k].masked_fill(top_val[:, :max_k].isneginf(), -1))
         n = max(self.users.numel(), 1)
+        per_user = None
+        if return_per_user:
+            empty = torch.zeros(0, device=self.users.device)
+            per_user = {key: torch.cat(rows) if rows else empty for key, rows in rows_of.items()}
         return EvalResult(metrics={key: value / n for key, value in sums.items()},
                           num_users=self.users.numel(), tie_rate=ties / n,
-                          users=self.users if return_topk else None,
-                          topk=torch.cat(tops) if return_topk and tops else None)
+                          users=self.users if return_topk or return_per_user else None,
+                          topk=torch.cat(tops) if return_topk and tops else None,
+                          per_user=per_user)

@@ -113,6 +113,12 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
         np.save(handle, array, allow_pickle=False)
 
 
+def atomic_save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    r"""``np.savez`` of named arrays to ``path`` atomically (read back with ``np.load``)."""
+    with atomic_open(path, "wb") as handle:
+        np.savez(handle, allow_pickle=False, **arrays)
+
+
 def atomic_copy(source: Path, path: Path) -> None:
     r"""Copies ``source`` to ``path`` atomically (its bytes only, not its metadata)."""
     with atomic_open(path, "wb") as handle, open(source, "rb") as src:

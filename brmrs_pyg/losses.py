@@ -81,6 +81,62 @@ def chns_loss(pos: Mapping[str, Tensor], pool: Mapping[str, Tensor], k: int = 1)
     return total
 
 
+#: Sources of hard negatives besides a modality's name (:func:`hard_negative_loss`).
+NEGATIVE_SOURCES = ("chns", "fused", "uniform")
+
+
+def hard_negative_loss(pos: Mapping[str, Tensor], pool: Mapping[str, Tensor],
+                       source: str = "chns", k: int = 1, fused_pool: Tensor | None = None
+                       ) -> Tensor:
+    r"""The hard-negative term of BR-MRS with a choice of who picks the negatives, for the
+    paper's comparison of negative samplers. Every modality :math:`m` is trained with BPR
+    against negatives :math:`J_m` taken from the pool,
+
+    .. math::
+        \mathcal{L} = \sum_m \frac{1}{|J_m|} \sum_{j \in J_m}
+        -\log \sigma\big(s_m(u, i^+) - s_m(u, j)\big),
+
+    averaged over the batch, where :math:`J_m` is, by ``source``:
+
+    - ``"chns"``: the :math:`k` hardest under every *other* modality (:func:`chns_loss`,
+      which also averages over those modalities);
+    - ``"fused"``: the :math:`k` hardest under the fused score, for every modality;
+    - a modality's name :math:`x`: the :math:`k` hardest under :math:`s_x`, for every modality;
+    - ``"uniform"``: the uniform negative (column 0 of the pool) alone, whatever :math:`k`.
+
+    Args:
+        pos (dict): Per modality, scores of the positives, :math:`(B,)`.
+        pool (dict): Per modality (same keys), scores of the candidate pool, :math:`(B, P)`.
+        source (str, optional): ``"chns"``, ``"fused"``, ``"uniform"`` or a key of ``pool``.
+            (default: :obj:`"chns"`)
+        k (int, optional): Hard negatives taken per row. (default: :obj:`1`)
+        fused_pool (Tensor, optional): Fused scores of the same pool, :math:`(B, P)`; needed
+            by ``source="fused"`` only.
+    """
+    if source == "chns":
+        return chns_loss(pos, pool, k)
+    names = list(pool)
+    if not names or set(names) != set(pos):
+        raise ValueError(f"hard negatives need the same modalities in pos and pool, got "
+                         f"{sorted(pos)} and {names}")
+    if source == "uniform":
+        hard = torch.zeros_like(pos[names[0]], dtype=torch.long).unsqueeze(-1)
+    elif source == "fused":
+        if fused_pool is None or fused_pool.shape != pool[names[0]].shape:
+            raise ValueError("source='fused' needs the fused scores of the whole pool, shape "
+                             f"{tuple(pool[names[0]].shape)}")
+        hard = hardest_in_pool(fused_pool, k)
+    elif source in pool:
+        hard = hardest_in_pool(pool[source], k)
+    else:
+        raise ValueError(f"unknown hard-negative source {source!r}; choose one of "
+                         f"{', '.join(NEGATIVE_SOURCES + tuple(names))}")
+    total = pos[names[0]].new_zeros(())
+    for m in names:
+        total = total + bpr_loss(pos[m], pool[m].gather(1, hard))
+    return total
+
+
 def synergy_loss(pos_fused: Tensor, neg_fused: Tensor, pos: Mapping[str, Tensor],
                  neg: Mapping[str, Tensor], theta: float, reference_grad: bool = False
                  ) -> Tensor:
@@ -121,6 +177,8 @@ class CrossModalWeights:
         theta (float): Synergy margin.
         hard_k (int): Hard negatives per modality in CHNS.
         reference_grad (bool): Whether the synergy reference margin receives gradient.
+        hard_negatives (str): Who picks the hard negatives, see :func:`hard_negative_loss`
+            (``"chns"``: the paper's cross-modal assignment).
     """
 
     lambda_bpr: float = 1.0
@@ -129,6 +187,7 @@ class CrossModalWeights:
     theta: float = 0.1
     hard_k: int = 1
     reference_grad: bool = False
+    hard_negatives: str = "chns"
 
 
 def cross_modal_objective(pos: Mapping[str, Tensor], pool: Mapping[str, Tensor],
@@ -148,7 +207,8 @@ def cross_modal_objective(pos: Mapping[str, Tensor], pool: Mapping[str, Tensor],
     Args:
         pos (dict): Per branch (every modality and ``fused``), positive scores :math:`(B,)`.
         pool (dict): Per branch, scores of the candidate pool :math:`(B, P)`; the fused
-            branch needs only column 0, so its entry may be :math:`(B, 1)`.
+            branch needs only column 0, so its entry may be :math:`(B, 1)`, unless
+            ``weights.hard_negatives`` is ``"fused"``.
         weights (CrossModalWeights): The weights.
         fused (str, optional): Name of the fused branch. (default: :obj:`"fused"`)
 
@@ -164,7 +224,8 @@ def cross_modal_objective(pos: Mapping[str, Tensor], pool: Mapping[str, Tensor],
         terms["bpr"] = bpr_loss(pos[fused], neg_fused)
         total = total + weights.lambda_bpr * terms["bpr"]
     if weights.lambda_h:
-        terms["chns"] = chns_loss(modal_pos, modal_pool, weights.hard_k)
+        terms["chns"] = hard_negative_loss(modal_pos, modal_pool, weights.hard_negatives,
+                                           weights.hard_k, pool[fused])
         total = total + weights.lambda_h * terms["chns"]
     if weights.lambda_s:
         terms["syn"] = synergy_loss(pos[fused], neg_fused, modal_pos,

@@ -27,12 +27,15 @@ from brmrs_pyg.data.synthetic import (SyntheticSpec, ensure_generated, overrides
 from brmrs_pyg.evaluation import Evaluator
 from brmrs_pyg.graphs import GraphSpec, load_or_build_graph
 from brmrs_pyg.interactions import PairIndex
-from brmrs_pyg.io import atomic_write_json, atomic_write_text
+from brmrs_pyg.io import atomic_save_npz, atomic_write_json, atomic_write_text
 from brmrs_pyg.recommenders import MODELS, Recommender
 from brmrs_pyg.recommenders.branched import BranchedRecommender, PluginParams
 from brmrs_pyg.train import Checkpointing, TrainSettings, train
 
 log = logging.getLogger(__name__)
+
+#: Per-user metrics every run saves in ``per_user.npz`` (for paired tests between runs).
+PER_USER_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
 
 @dataclass(frozen=True)
@@ -288,6 +291,7 @@ def _train_and_report(model: Recommender, data: InteractionData, config: Config,
         results["test_branches"] = result.test_branches
     if run_cfg.save_topk:
         write_topk(model, evaluators["test"], out_dir / "topk_test.tsv")
+    write_per_user(model, evaluators, out_dir / "per_user.npz")
     atomic_write_json(out_dir / "results.json", results)
     log.info("best epoch %d | valid %s | test %s", result.best_epoch,
              _fmt(result.valid), _fmt(result.test))
@@ -302,6 +306,28 @@ def write_topk(model: Recommender, test: Evaluator, path: Path) -> None:
     lines = [f"{u}\t{','.join(str(i) for i in items if i >= 0)}"
              for u, items in zip(result.users.tolist(), result.topk.tolist())]
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def write_per_user(model: Recommender, evaluators: Mapping[str, Evaluator], path: Path,
+                   metrics: Sequence[str] = PER_USER_METRICS) -> None:
+    r"""Writes every evaluated user's metrics, for each split, to ``path`` (``.npz``):
+    ``<split>_users`` (user ids, int64) and ``<split>_<metric>`` (float64, same order), e.g.
+    ``test_users`` and ``test_recall@20``. The model holds its best-valid weights, so the
+    mean of ``test_<metric>`` is ``results.json``'s ``test[metric]``.
+
+    Shapes:
+        - **<split>_users**, **<split>_<metric>**: :math:`(\text{users evaluated in split},)`.
+    """
+    model.eval()
+    scorer = model.scorer()
+    arrays: dict[str, np.ndarray] = {}
+    for split, evaluator in evaluators.items():
+        result = evaluator.evaluate(scorer, return_per_user=True)
+        assert result.users is not None and result.per_user is not None
+        arrays[f"{split}_users"] = result.users.cpu().numpy().astype(np.int64)
+        for key in metrics:
+            arrays[f"{split}_{key}"] = result.per_user[key].double().cpu().numpy()
+    atomic_save_npz(path, arrays)
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -234,7 +234,13 @@ def test_analyze_errors(trained, tmp_path, capsys):
     lightgcn = root / "runs" / "lightgcn"
     assert main([*common, "--model", "lightgcn", "--out", str(lightgcn)], root=root) == 0
     capsys.readouterr()
-    assert main(["analyze", str(lightgcn), "--no-plots"], root=root) == 2
-    err = capsys.readouterr().err
-    assert "model 'lightgcn' has no per-branch embeddings" in err and "Traceback" not in err
-    assert not (lightgcn / "analysis.json").exists()
+    # a one-branch model: only its own ranking is analysed (recall, per-type recall)
+    assert main(["analyze", str(lightgcn)], root=root) == 0
+    assert "recall@20: fused" in capsys.readouterr().out
+    report = json.loads((lightgcn / "analysis.json").read_text())
+    assert "partition@20" not in report and "margins" not in report
+    assert set(report["recall@20"]) == {"fused"}
+    results = json.loads((lightgcn / "results.json").read_text())
+    assert report["recall@20"]["fused"] == pytest.approx(results["test"]["recall@20"], abs=1e-6)
+    assert set(report["ground_truth"]["recall@20"]) == {"fused"}
+    assert report["plots"] == ["recall_by_type.png"]

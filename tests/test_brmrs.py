@@ -79,6 +79,29 @@ def test_loss_is_the_objective_on_branch_scores_plus_l2():
         assert param.grad is not None, name
 
 
+@pytest.mark.parametrize("source", ["fused", "m1", "uniform"])
+def test_hard_negative_source_reaches_the_objective(source):
+    data = tiny_data()
+    model = build(data, pool_size=3, hard_k=2, hard_negatives=source)
+    index = PairIndex.from_edges(data.train, 5, 6)
+    users, pos = data.train
+    neg = sample_negatives(users, index, 3, torch.Generator().manual_seed(1))
+    total, terms = model.loss(Batch(users, pos, neg))
+    out = model.branches()
+    pos_s = {b: (u[users] * i[pos]).sum(-1) for b, (u, i) in out.items()}
+    pool_s = {b: (u[users][:, None] * i[neg]).sum(-1) for b, (u, i) in out.items()}
+    weights = CrossModalWeights(1.0, 1.0, 1.0, 0.1, 2, True, source)
+    expected, expected_terms = cross_modal_objective(pos_s, pool_s, weights)
+    assert terms["chns"].item() == pytest.approx(expected_terms["chns"].item(), rel=1e-5)
+    chns, _ = cross_modal_objective(pos_s, pool_s, CrossModalWeights(1.0, 1.0, 1.0, 0.1, 2,
+                                                                     True))
+    assert expected.item() != pytest.approx(chns.item(), rel=1e-6)  # the source matters
+    with pytest.raises(ConfigError, match="choose one of chns, fused, uniform, m0, m1"):
+        build(data, hard_negatives="m2")
+    # without the cross-modal assignment one modality is enough
+    build(tiny_data(num_modalities=1), hard_negatives="m0")
+
+
 def test_three_modalities_train_and_score():
     data = tiny_data(num_modalities=3)
     model = build(data, pool_size=4, fusion="gate")

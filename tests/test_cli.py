@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,6 +99,20 @@ def test_topk_file_matches_test_metrics(project, tmp_path):
         top = [int(i) for i in items.split(",")][:20]
         recalls.append(len(test[int(user)] & set(top)) / len(test[int(user)]))
     assert sum(recalls) / len(recalls) == pytest.approx(res["test"]["recall@20"], abs=1e-6)
+    # per_user.npz: every test user's recall@20 is the one of its top list, for both splits
+    # the per-user values average to results.json's metrics
+    per_user = np.load(out / "per_user.npz")
+    by_user = dict(zip(per_user["test_users"].tolist(), per_user["test_recall@20"].tolist()))
+    assert sorted(by_user) == sorted(test)
+    for line in (out / "topk_test.tsv").read_text().splitlines():
+        user, items = line.split("\t")
+        top, held = {int(i) for i in items.split(",")[:20]}, test[int(user)]
+        assert by_user[int(user)] == pytest.approx(len(held & top) / len(held))
+    for split in ("valid", "test"):
+        for key in ("recall@10", "recall@20", "ndcg@10", "ndcg@20"):
+            values = per_user[f"{split}_{key}"]
+            assert values.shape == per_user[f"{split}_users"].shape
+            assert values.mean() == pytest.approx(res[split][key], abs=1e-6)
 
 
 def test_readme_documents_every_key():

@@ -7,9 +7,10 @@ from brmrs_pyg.evaluation import Evaluator
 from brmrs_pyg.interactions import PairIndex
 
 
-def naive_metrics(scores, train, heldout, ks):
-    """Per-user loop straight from the definitions (DESIGN.md section 4)."""
-    out = {f"{m}@{k}": [] for m in ("recall", "ndcg", "precision", "map") for k in ks}
+def naive_per_user(scores, train, heldout, ks):
+    """Per-user loop straight from the definitions (DESIGN.md section 4): ``{key: {user:
+    value}}`` for the users that are evaluated."""
+    out = {f"{m}@{k}": {} for m in ("recall", "ndcg", "precision", "map") for k in ks}
     for u in range(scores.size(0)):
         if not heldout.get(u) or not train.get(u):
             continue
@@ -18,18 +19,33 @@ def naive_metrics(scores, train, heldout, ks):
         pos = heldout[u]
         for k in ks:
             hits = [1.0 if i in pos else 0.0 for i in ranked[:k]]
-            out[f"recall@{k}"].append(sum(hits) / len(pos))
-            out[f"precision@{k}"].append(sum(hits) / k)
+            out[f"recall@{k}"][u] = sum(hits) / len(pos)
+            out[f"precision@{k}"][u] = sum(hits) / k
             dcg = sum(h / math.log2(r + 2) for r, h in enumerate(hits))
             idcg = sum(1 / math.log2(r + 2) for r in range(min(len(pos), k)))
-            out[f"ndcg@{k}"].append(dcg / idcg)
+            out[f"ndcg@{k}"][u] = dcg / idcg
             ap, found = 0.0, 0
             for r, h in enumerate(hits):
                 if h:
                     found += 1
                     ap += found / (r + 1)
-            out[f"map@{k}"].append(ap / min(len(pos), k))
-    return {key: sum(v) / len(v) for key, v in out.items()}
+            out[f"map@{k}"][u] = ap / min(len(pos), k)
+    return out
+
+
+def naive_metrics(scores, train, heldout, ks):
+    """The per-user values of :func:`naive_per_user`, averaged."""
+    per_user = naive_per_user(scores, train, heldout, ks)
+    return {key: sum(v.values()) / len(v) for key, v in per_user.items()}
+
+
+def random_case(seed, num_users=9, num_items=30):
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randn(num_users, num_items, generator=gen)
+    perm = [torch.randperm(num_items, generator=gen).tolist() for _ in range(num_users)]
+    train = {u: set(perm[u][:4]) for u in range(num_users - 1)}
+    heldout = {u: set(perm[u][4:4 + 1 + u % 4]) for u in range(num_users) if u % 5 != 3}
+    return scores, train, heldout
 
 
 def to_index(pairs, num_users, num_items):
@@ -94,3 +110,22 @@ def test_fewer_items_than_largest_cutoff():
     m = ev.evaluate(lambda users: scores[users]).metrics
     assert m["recall@5"] == 1.0 and m["precision@5"] == pytest.approx(1 / 5)
     assert m["ndcg@5"] == pytest.approx(1 / math.log2(3))
+
+
+@pytest.mark.parametrize("chunk_size", [2, 100])
+def test_per_user_metrics_match_naive_loop_and_average_to_the_metrics(chunk_size):
+    scores, train, heldout = random_case(1)
+    ks = (1, 5, 10, 20)
+    ev = Evaluator(to_index(train, 9, 30), to_index(heldout, 9, 30), chunk_size=chunk_size,
+                   ks=ks)
+    result = ev.evaluate(lambda users: scores[users], return_per_user=True)
+    expected = naive_per_user(scores, train, heldout, ks)
+    users = result.users.tolist()
+    assert users == sorted(expected["recall@1"])  # users 3 and 8 are skipped
+    assert set(result.per_user) == set(result.metrics)
+    for key, values in result.per_user.items():
+        assert values.shape == (len(users),)
+        assert values.tolist() == pytest.approx([expected[key][u] for u in users], abs=1e-6)
+        assert values.mean().item() == pytest.approx(result.metrics[key], abs=1e-6)
+    assert result.topk is None
+    assert ev.evaluate(lambda users: scores[users]).per_user is None

@@ -8,6 +8,7 @@ from brmrs_pyg.losses import (
     bpr_loss,
     chns_loss,
     cross_modal_objective,
+    hard_negative_loss,
     l2_reg,
     synergy_loss,
 )
@@ -143,6 +144,75 @@ def test_chns_matches_naive_loop(num_modalities, k):
     # distinct scores, so the top-k set is unique
     pool = {m: torch.randperm(60)[:7 * 6].view(7, 6).float() / 10 for m in names}
     assert chns_loss(pos, pool, k).item() == pytest.approx(naive_chns(pos, pool, k), rel=1e-5)
+
+
+def test_hard_negative_sources_hand_computed():
+    pos, pool = hand_scores()
+    modal_pos = {m: pos[m] for m in ("text", "visual")}
+    modal_pool = {m: pool[m] for m in ("text", "visual")}
+    # fused pool scores whose hardest are positions 2, 1, 0 (items 3, 3, 0): text scores
+    # there 0, 0, -0.5 -> margins 0.5, 4, 0.5; visual 4, -2, 1 -> margins -2, 2.5, 1
+    fused = torch.tensor([[-0.4, 1.1, 1.5], [0.4, 0.5, 0.2], [0.3, 0.1, 0.2]])
+    expected = softplus_neg([0.5, 4, 0.5]) + softplus_neg([-2, 2.5, 1])
+    got = hard_negative_loss(modal_pos, modal_pool, "fused", fused_pool=fused)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    # "text": both trained on text's hardest (positions 1, 2, 1): text margins -1.5, 2, -1;
+    # visual scores there -1, 0, 0.5 -> margins 3, 0.5, 1.5
+    expected = softplus_neg([-1.5, 2, -1]) + softplus_neg([3, 0.5, 1.5])
+    got = hard_negative_loss(modal_pos, modal_pool, "text")
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    # uniform: column 0 for both, whatever k: text margins 1.5, 3, 0.5; visual 1, 1.5, 1
+    expected = softplus_neg([1.5, 3, 0.5]) + softplus_neg([1, 1.5, 1])
+    for k in (1, 3):
+        got = hard_negative_loss(modal_pos, modal_pool, "uniform", k=k)
+        assert got.item() == pytest.approx(expected, rel=1e-6)
+    # chns is chns_loss
+    assert hard_negative_loss(modal_pos, modal_pool, "chns").item() == pytest.approx(
+        chns_loss(modal_pos, modal_pool).item())
+
+
+def naive_hard_negatives(pos, pool, selector, k):
+    r"""Every modality trained on the top-k of the ``selector`` scores, in Python loops."""
+    total = 0.0
+    for m in pool:
+        losses = []
+        for b in range(selector.size(0)):
+            order = sorted(range(selector.size(1)), key=lambda j: -selector[b, j].item())
+            for j in order[:k]:
+                losses.append(math.log1p(math.exp(-(pos[m][b] - pool[m][b, j]).item())))
+        total += sum(losses) / len(losses)
+    return total
+
+
+@pytest.mark.parametrize("source,k", [("fused", 1), ("fused", 3), ("m1", 2), ("uniform", 2)])
+def test_hard_negative_sources_match_naive_loop(source, k):
+    torch.manual_seed(k)
+    names = ["m0", "m1", "m2"]
+    pos = {m: torch.randn(7) for m in names}
+    pool = {m: torch.randperm(60)[:7 * 6].view(7, 6).float() / 10 for m in names}
+    fused = torch.randperm(60)[:7 * 6].view(7, 6).float() / 10
+    if source == "uniform":  # column 0 only: the selector ranks it first
+        selector, k_used = -torch.arange(6.0).expand(7, 6), 1
+    else:
+        selector, k_used = (fused if source == "fused" else pool[source]), k
+    got = hard_negative_loss(pos, pool, source, k, fused_pool=fused)
+    assert got.item() == pytest.approx(naive_hard_negatives(pos, pool, selector, k_used),
+                                       rel=1e-5)
+
+
+def test_hard_negative_sources_reject_bad_inputs():
+    pos, pool = {"a": torch.zeros(2)}, {"a": torch.zeros(2, 3)}
+    with pytest.raises(ValueError, match="choose one of chns, fused, uniform, a"):
+        hard_negative_loss(pos, pool, "b")
+    with pytest.raises(ValueError, match="fused scores of the whole pool"):
+        hard_negative_loss(pos, pool, "fused", fused_pool=torch.zeros(2, 1))
+    # one modality is enough without the cross-modal assignment
+    assert hard_negative_loss(pos, pool, "a").item() == pytest.approx(math.log(2))
+    weights = CrossModalWeights(hard_negatives="fused")
+    scores = {"a": torch.zeros(2), "b": torch.zeros(2), "fused": torch.zeros(2)}
+    pools = {"a": torch.zeros(2, 3), "b": torch.zeros(2, 3), "fused": torch.zeros(2, 1)}
+    with pytest.raises(ValueError, match="fused scores of the whole pool"):
+        cross_modal_objective(scores, pools, weights)
 
 
 def test_top_k_selection_equals_brute_force():

@@ -48,13 +48,14 @@ class PluginParams:
                                  reference_grad=self.syn_ref_grad)
 
 
-def branch_scores(branches: Branches, batch: Batch, pool_columns: int,
+def branch_scores(branches: Branches, batch: Batch, pool_columns: int, fused_columns: int = 1,
                   fused: str = FUSED) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     r"""Scores of a batch under every branch, as :func:`cross_modal_objective` takes them.
 
     Every branch scores the positives and the first ``pool_columns`` columns of
-    ``batch.neg`` (the candidate pool); the fused branch only column 0, the uniform
-    negative, which is all the objective uses of it.
+    ``batch.neg`` (the candidate pool); the fused branch only the first ``fused_columns``
+    (column 0, the uniform negative, is all the objective uses of it unless hard negatives
+    are picked under the fused score).
 
     Returns:
         ``(pos, pool)``: per branch, scores :math:`(B,)` and :math:`(B, P)` (:math:`(B, 1)`
@@ -65,7 +66,7 @@ def branch_scores(branches: Branches, batch: Batch, pool_columns: int,
     for name, (user, item) in branches.items():
         u = gather(user, batch.users)
         pos[name] = (u * gather(item, batch.pos)).sum(-1)
-        columns = 1 if name == fused else pool_columns
+        columns = fused_columns if name == fused else pool_columns
         pool[name] = row_scores(u, gather(item, batch.neg[:, :columns]))
     return pos, pool
 

@@ -11,7 +11,8 @@ from torch_geometric.data import HeteroData
 
 from brmrs_pyg.config import ConfigError, option
 from brmrs_pyg.graphs import UU, bipartite_edges, knn_edge_type
-from brmrs_pyg.losses import CrossModalWeights, cross_modal_objective, l2_reg
+from brmrs_pyg.losses import (NEGATIVE_SOURCES, CrossModalWeights, cross_modal_objective,
+                              l2_reg)
 from brmrs_pyg.nn.backbones import BACKBONES, Backbone
 from brmrs_pyg.nn.features import prepare_features
 from brmrs_pyg.nn.fusion import FUSIONS, Fusion
@@ -38,6 +39,9 @@ class BRMRSParams:
                                       "receives gradient")
     pool_size: int = option(10, "CHNS candidate pool size P per positive")
     hard_k: int = option(1, "hardest negatives taken per modality from the pool (1: paper)")
+    hard_negatives: str = option("chns", "who picks the hard negatives of every modality: "
+                                         "'chns' (the other modalities), 'fused', a modality's "
+                                         "name, or 'uniform' (no hard negatives)")
     reg_weight: float = option(1e-3, "weight of the L2 penalty on the batch's ID embeddings")
 
     def __post_init__(self) -> None:
@@ -129,12 +133,17 @@ class BRMRS(BranchedRecommender):
         if len(self.modalities) < 1 or FUSED in self.modalities:
             raise ConfigError(f"BR-MRS needs modalities not named {FUSED!r}, got "
                               f"{self.modalities}")
-        if len(self.modalities) < 2 and params.lambda_h:
+        sources = NEGATIVE_SOURCES + tuple(self.modalities)
+        if params.hard_negatives not in sources:
+            raise ConfigError(f"hard_negatives={params.hard_negatives!r}: choose one of "
+                              f"{', '.join(sources)}")
+        if len(self.modalities) < 2 and params.lambda_h and params.hard_negatives == "chns":
             raise ConfigError("CHNS (lambda_h > 0) needs at least two modalities")
         num_items = next(iter(features.values())).size(0)
         self.num_users, self.num_items = num_users, num_items
         self.weights = CrossModalWeights(params.lambda_bpr, params.lambda_h, params.lambda_s,
-                                         params.theta, params.hard_k, params.syn_ref_grad)
+                                         params.theta, params.hard_k, params.syn_ref_grad,
+                                         params.hard_negatives)
         self.reg_weight = params.reg_weight
         self.num_negatives = params.pool_size if params.lambda_h else 1
         self.user_emb = torch.nn.Embedding(num_users, embedding_dim)
@@ -230,7 +239,8 @@ class BRMRS(BranchedRecommender):
     def branch_loss(self, batch: Batch, branches: Branches) -> tuple[Tensor, dict[str, Tensor]]:
         # CHNS needs every modality's scores over the whole pool; the other terms only use
         # its first column (the uniform negative)
-        pos, pool = branch_scores(branches, batch, self.num_negatives)
+        fused_columns = self.num_negatives if self.weights.hard_negatives == "fused" else 1
+        pos, pool = branch_scores(branches, batch, self.num_negatives, fused_columns)
         total, terms = cross_modal_objective(pos, pool, self.weights, FUSED)
         reg = l2_reg(self.user_emb(batch.users), self.item_emb(batch.pos),
                      self.item_emb(batch.neg[:, 0]))

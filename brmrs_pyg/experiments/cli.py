@@ -1,0 +1,127 @@
+r"""``run.py suite NAME``: one command per suite of :mod:`brmrs_pyg.experiments`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from brmrs_pyg import __version__
+from brmrs_pyg.config import ConfigError
+from brmrs_pyg.io import atomic_write_json
+from brmrs_pyg.pipeline import Paths
+
+from .report import pyplot
+from .runner import Runner, RunnerSettings
+from .suites import SUITES, SuiteContext
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    r"""The parser of ``run.py suite``."""
+    lines = [f"  {name:<12} {(SUITES.get(name).__doc__ or '').split(chr(10))[0].strip()}"
+             for name in SUITES.names()]
+    parser = argparse.ArgumentParser(
+        prog="run.py suite", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run a named experiment suite: every configuration on every seed, each "
+                    "in its own folder, then tables (table.csv, table.md), PNG plots and "
+                    "suite.json. Finished runs are never run again, interrupted ones resume; "
+                    "re-running a finished suite only rebuilds its outputs.",
+        epilog="suites:\n" + "\n".join(lines))
+    parser.add_argument("name", metavar="NAME", choices=SUITES.names(),
+                        help=f"suite: {', '.join(SUITES.names())}")
+    parser.add_argument("--dataset", required=True, metavar="D", help="dataset card name")
+    parser.add_argument("--data-dir", dest="data_dir", default="", metavar="DIR",
+                        help="folder with the dataset files (default: datasets/D/)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[999, 1, 2], metavar="S",
+                        help="seeds of every reported configuration (default: 999 1 2)")
+    parser.add_argument("--epochs", type=int, metavar="N", help="maximum epochs of every run")
+    parser.add_argument("--out", metavar="DIR",
+                        help="suite folder (default: runs/suites/NAME-D)")
+    parser.add_argument("--grid", default="", metavar="card|FILE",
+                        help="main only: grid-search each model on valid over its model "
+                             "card's grid: block ('card') or a sweep file {model: {key: "
+                             "[values]}}, then run the best point on every seed")
+    parser.add_argument("--grid-seed", type=int, dest="grid_seed", metavar="S",
+                        help="seed of the grid runs (default: the first of --seeds)")
+    parser.add_argument("--models", default="", metavar="M,M",
+                        help="main only: comma-separated models (default: lightgcn, vbpr, "
+                             "concat, decoupled, lattice, freedom, bm3, brmrs; unregistered "
+                             "ones are skipped)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print each run's own log (it is in its train.log anyway)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config keys for every run (e.g. threads=1 patience=10); "
+                             "model.key=value for one model's runs (brmrs.lambda_h=0.5)")
+    return parser
+
+
+def split_overrides(items: Sequence[str]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    r"""``["lr=0.01", "brmrs.theta=0.2"]`` -> ``({"lr": "0.01"}, {"brmrs": {"theta":
+    "0.2"}})``."""
+    common: dict[str, str] = {}
+    per_model: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected key=value or model.key=value, got {item!r}")
+        model, dot, name = key.partition(".")
+        if dot:
+            per_model.setdefault(model.strip(), {})[name.strip()] = value
+        else:
+            common[key.strip()] = value
+    return common, per_model
+
+
+def context_of(args: argparse.Namespace, paths: Paths) -> SuiteContext:
+    r"""The suite's context from the parsed command line."""
+    if (args.grid or args.models) and args.name != "main":
+        raise ConfigError("--grid and --models apply to the main suite only")
+    common, per_model = split_overrides(args.overrides)
+    out = Path(args.out) if args.out else (
+        paths.root / "runs" / "suites" / f"{args.name}-{args.dataset}")
+    settings = RunnerSettings(paths, args.dataset, out, args.data_dir, args.epochs, common,
+                              per_model)
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    return SuiteContext(Runner(settings), tuple(dict.fromkeys(args.seeds)), args.grid,
+                        args.grid_seed, models)
+
+
+def run_suite(name: str, ctx: SuiteContext) -> dict[str, Any]:
+    r"""Runs suite ``name`` and writes ``suite.json`` (settings, every run, summaries and
+    what the suite adds) into its folder; returns its content."""
+    s = ctx.runner.settings
+    log.info("suite %s on %s, seeds %s, into %s", name, s.dataset, list(ctx.seeds), s.out)
+    content = {"suite": name, "dataset": s.dataset, "data_dir": s.data_dir,
+               "seeds": list(ctx.seeds), "epochs": s.epochs, "overrides": dict(s.overrides),
+               "model_overrides": {m: dict(o) for m, o in s.model_overrides.items()},
+               "version": __version__, **SUITES.get(name)(ctx)}
+    atomic_write_json(s.out / "suite.json", content)
+    log.info("suite %s: tables and plots in %s", name, s.out)
+    return content
+
+
+class _SuiteLinesOnly(logging.Filter):
+    r"""Lets through the suite's own lines and every warning or error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.startswith(__package__ or "") or record.levelno >= logging.WARNING
+
+
+def run_suite_cli(argv: Sequence[str], paths: Paths) -> None:
+    r"""Entry point of ``run.py suite``."""
+    args = build_parser().parse_intermixed_args(argv)
+    ctx = context_of(args, paths)
+    pyplot()  # before any training: a missing extra must not wait for the end of a suite
+    quiet = _SuiteLinesOnly()
+    handlers = [] if args.verbose else [h for h in logging.getLogger().handlers
+                                        if getattr(h, "stream", None) is sys.stderr]
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        run_suite(args.name, ctx)
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
