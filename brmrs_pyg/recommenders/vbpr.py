@@ -115,9 +115,10 @@ class VBPR(BranchedRecommender):
         for emb in (self.user_gamma, self.user_theta, self.item_gamma):
             torch.nn.init.xavier_normal_(emb.weight)
         torch.nn.init.zeros_(self.item_bias.weight)
-        for m in self.modalities:
-            torch.nn.init.xavier_normal_(self.proj[m].weight)
-            torch.nn.init.zeros_(self.feature_bias[m].weight)
+        for proj in self.proj.values():
+            torch.nn.init.xavier_normal_(proj.weight)  # type: ignore[arg-type]
+        for bias in self.feature_bias.values():
+            torch.nn.init.zeros_(bias.weight)  # type: ignore[arg-type]
 
     def branches(self) -> dict[str, tuple[Tensor, Tensor]]:
         r"""Each modality's share of the score, then the whole score (see the class)."""
