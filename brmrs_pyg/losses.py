@@ -48,6 +48,29 @@ def l2_reg(*embeddings: Tensor) -> Tensor:
     return torch.as_tensor(total) / (2 * embeddings[0].size(0))
 
 
+def bootstrap_loss(online: Tensor, target: Tensor) -> Tensor:
+    r"""Negative-free bootstrap alignment (BYOL, Grill et al., NeurIPS 2020; used by BM3, Zhou
+    et al., WWW 2023): one minus the mean cosine similarity between each online
+    representation and its target, the target under stop-gradient,
+
+    .. math::
+        \mathcal{L} = 1 - \frac{1}{B} \sum_b \frac{\langle \mathbf{h}_b,
+        \operatorname{sg}(\mathbf{z}_b) \rangle}{\lVert \mathbf{h}_b \rVert
+        \lVert \mathbf{z}_b \rVert}.
+
+    There are no negatives: collapse is prevented by the asymmetry (a predictor on the online
+    side, stop-gradient on the target side), not by pushing pairs apart.
+
+    Shapes:
+        - **online**, **target**: :math:`(B, d)`.
+        - **output**: scalar in :math:`[0, 2]`.
+
+    >>> round(bootstrap_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])).item(), 4)
+    1.0
+    """
+    return 1 - F.cosine_similarity(online, target.detach(), dim=-1).mean()
+
+
 def chns_loss(pos: Mapping[str, Tensor], pool: Mapping[str, Tensor], k: int = 1) -> Tensor:
     r"""Cross-modal hard negative sampling (BR-MRS, DESIGN section 1).
 

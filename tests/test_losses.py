@@ -5,6 +5,7 @@ import torch
 
 from brmrs_pyg.losses import (
     CrossModalWeights,
+    bootstrap_loss,
     bpr_loss,
     chns_loss,
     cross_modal_objective,
@@ -266,3 +267,18 @@ def test_synergy_reference_gradient_option(reference_grad):
         assert sum(float(g.abs().sum()) for g in unimodal if g is not None) > 0
     else:
         assert all(g is None for g in unimodal)
+
+
+def test_bootstrap_loss_by_hand_and_stop_gradient():
+    online = torch.tensor([[1.0, 0.0], [0.0, 2.0]], requires_grad=True)
+    target = torch.tensor([[1.0, 1.0], [0.0, -3.0]], requires_grad=True)
+    # cosines 1/sqrt(2) and -1: loss = 1 - (0.70711 - 1) / 2
+    loss = bootstrap_loss(online, target)
+    assert loss.item() == pytest.approx(1 + (1 - 0.5 ** 0.5) / 2, rel=1e-6)
+    loss.backward()
+    assert target.grad is None  # stop-gradient on the target
+    # d/d online[0] of -cos/2 at (1, 0) against (1, 1): -(1/2) * (0, 1/sqrt(2))
+    assert torch.allclose(online.grad[0], torch.tensor([0.0, -0.5 * 0.5 ** 0.5]))
+    # scale invariance, and 0 for identical directions
+    assert bootstrap_loss(3 * online, target).item() == pytest.approx(loss.item(), rel=1e-6)
+    assert bootstrap_loss(online, 2 * online).item() == pytest.approx(0.0, abs=1e-6)

@@ -3,8 +3,10 @@ r"""Recommenders: each turns graphs and features into user/item embeddings, no I
 Importing this package registers every model in :data:`MODELS`.
 """
 from brmrs_pyg.recommenders.base import MODELS, Batch, Recommender
+from brmrs_pyg.recommenders.bm3 import BM3
 from brmrs_pyg.recommenders.brmrs import BRMRS
 from brmrs_pyg.recommenders.lightgcn import LightGCN
 from brmrs_pyg.recommenders.mf import MF
+from brmrs_pyg.recommenders.vbpr import VBPR
 
-__all__ = ["MODELS", "Batch", "LightGCN", "MF", "Recommender"]
+__all__ = ["BM3", "MODELS", "Batch", "LightGCN", "MF", "Recommender", "VBPR"]
