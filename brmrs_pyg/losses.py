@@ -48,6 +48,20 @@ def l2_reg(*embeddings: Tensor) -> Tensor:
     return torch.as_tensor(total) / (2 * embeddings[0].size(0))
 
 
+def norm_penalty(*tables: Tensor) -> Tensor:
+    r"""Sum of the (unsquared) Frobenius norms of whole embedding tables, divided by the rows
+    of the last one: the regulariser of BM3's reference code (MMRec's ``EmbLoss`` applied to
+    the full online user and item tables),
+
+    .. math::
+        \mathcal{R} = \frac{1}{N_{last}} \sum_{E} \lVert E \rVert_F .
+
+    Shapes:
+        - **tables**: each :math:`(N_t, d)`; **output**: scalar.
+    """
+    return torch.stack([t.norm() for t in tables]).sum() / tables[-1].size(0)
+
+
 def bootstrap_loss(online: Tensor, target: Tensor) -> Tensor:
     r"""Negative-free bootstrap alignment (BYOL, Grill et al., NeurIPS 2020; used by BM3, Zhou
     et al., WWW 2023): one minus the mean cosine similarity between each online

@@ -53,7 +53,8 @@ def reference_loss(model, b, cl_weight, reg_weight):
     for m in model.modalities:
         h_m = model.proj[m](model.features[m][b.pos])
         loss = loss + cl_weight * (c(pred(h_m), h_i) + c(pred(h_m), h_m))
-    reg = (h_u.pow(2).sum() + h_i.pow(2).sum()) / (2 * len(b.users))
+    # the reference code's EmbLoss on the whole online tables: unsquared norms / items
+    reg = (users.pow(2).sum().sqrt() + items.pow(2).sum().sqrt()) / items.shape[0]
     return loss + reg_weight * reg
 
 

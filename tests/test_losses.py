@@ -282,3 +282,10 @@ def test_bootstrap_loss_by_hand_and_stop_gradient():
     # scale invariance, and 0 for identical directions
     assert bootstrap_loss(3 * online, target).item() == pytest.approx(loss.item(), rel=1e-6)
     assert bootstrap_loss(online, 2 * online).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_norm_penalty_is_the_sum_of_table_norms_over_the_last_tables_rows():
+    from brmrs_pyg.losses import norm_penalty
+    a = torch.tensor([[3.0, 4.0]])            # norm 5
+    b = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 2.0], [2.0, 0.0]])  # norm 3, 4 rows
+    torch.testing.assert_close(norm_penalty(a, b), torch.tensor(8.0 / 4))

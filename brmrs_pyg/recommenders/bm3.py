@@ -12,7 +12,7 @@ from torch_geometric.data import HeteroData
 
 from brmrs_pyg.config import ConfigError, option
 from brmrs_pyg.graphs import bipartite_adj_t
-from brmrs_pyg.losses import bootstrap_loss, l2_reg
+from brmrs_pyg.losses import bootstrap_loss, norm_penalty
 from brmrs_pyg.nn.backbones import BACKBONES, Backbone
 from brmrs_pyg.nn.features import prepare_features
 from brmrs_pyg.recommenders.base import MODELS, Batch, Recommender, gather
@@ -24,8 +24,8 @@ class BM3Params:
     dropout: float = option(0.5, "dropout ratio that makes the target views (latent "
                                  "augmentation)")
     cl_weight: float = option(2.0, "weight of the inter- and intra-modality alignment losses")
-    reg_weight: float = option(0.1, "weight of the L2 penalty on the batch's online user and "
-                                    "item representations")
+    reg_weight: float = option(0.1, "weight of the norm penalty on the whole online user and "
+                                    "item tables (the reference code's)")
     feature_dim: int = option(0, "principal components kept of each modality's features "
                                  "before its projection (0: all, as in the paper)")
 
@@ -64,7 +64,11 @@ class BM3(Recommender):
         + \lambda_{cl} \sum_m \Big(\underbrace{C(\tilde{\mathbf{h}}^{(m)}_i,
         \dot{\mathbf{h}}_i)}_{\text{inter-modality}} + \underbrace{C(\tilde{\mathbf{h}}^{(m)}_i,
         \dot{\mathbf{h}}^{(m)}_i)}_{\text{intra-modality (masked)}}\Big)
-        + \lambda \mathcal{R}(\mathbf{h}_u, \mathbf{h}_i).
+        + \lambda \mathcal{R}(\mathbf{H}_U, \mathbf{H}_I),
+
+    where :math:`\mathcal{R}` is the reference code's penalty on the whole online tables,
+    :math:`(\lVert \mathbf{H}_U \rVert_F + \lVert \mathbf{H}_I \rVert_F) / |\mathcal{I}|`
+    (:func:`~brmrs_pyg.losses.norm_penalty`).
 
     No term uses a negative item (the trainer is asked for none: ``num_negatives = 0``).
     Ranking scores are inner products of the online predictions, :math:`s(u, i) = \langle
@@ -157,7 +161,8 @@ class BM3(Recommender):
             online = self.predictor(h_m)
             align = align + bootstrap_loss(online, t_i)
             mask = mask + bootstrap_loss(online, self._target(h_m))
-        reg = l2_reg(h_u, h_i)
+        # the reference code's regulariser: norms of the whole online tables / items
+        reg = norm_penalty(users, items)
         total = rec + self.cl_weight * (align + mask) + self.reg_weight * reg
         terms = {"rec": rec, "align": align, "mask": mask, "reg": reg}
         return total, {name: value.detach() for name, value in terms.items()}
