@@ -96,6 +96,22 @@ def test_loss_is_bpr_plus_l2_on_factors_and_item_biases_only():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
+def test_content_reg_adds_l2_on_the_batch_items_content_vectors():
+    model = build(reg_weight=0.3, content_reg=0.7)
+    b = batch()
+    loss, terms = model.loss(b)
+    plain = build(reg_weight=0.3)
+    plain.load_state_dict(model.state_dict())
+    base, _ = plain.loss(b)
+
+    def content(items):  # E f_i summed over modalities (the paper's E f on concatenations)
+        return sum(model.proj[m](getattr(model, f"feat_{m}")[items]) for m in model.modalities)
+
+    expected = (content(b.pos).pow(2).sum() + content(b.neg[:, 0]).pow(2).sum()) / (2 * 3)
+    torch.testing.assert_close(terms["content_reg"], expected.detach())
+    torch.testing.assert_close(loss, base + 0.7 * expected)
+
+
 def test_own_loss_uses_only_the_first_negative_column():
     model = build()
     one, _ = model.loss(batch(1))

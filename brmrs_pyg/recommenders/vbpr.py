@@ -20,13 +20,16 @@ from brmrs_pyg.recommenders.branched import FUSED, Branches, BranchedRecommender
 class VBPRParams:
     reg_weight: float = option(1e-2, "weight of the L2 penalty on the batch's user and item "
                                      "factors and item biases (not on E and beta')")
+    content_reg: float = option(0.0, "weight of the L2 penalty on the batch items' content "
+                                     "vectors E f_i (MMRec's VBPR regularises them with the "
+                                     "item vector; 0: the paper's Theta only)")
     feature_dim: int = option(0, "principal components kept of each modality's features "
                                  "before the projection E (0: all, as in the paper)")
 
     def __post_init__(self) -> None:
-        if self.reg_weight < 0 or self.feature_dim < 0:
-            raise ConfigError(f"reg_weight and feature_dim must be >= 0, got "
-                              f"{self.reg_weight}, {self.feature_dim}")
+        if self.reg_weight < 0 or self.content_reg < 0 or self.feature_dim < 0:
+            raise ConfigError(f"reg_weight, content_reg and feature_dim must be >= 0, got "
+                              f"{self.reg_weight}, {self.content_reg}, {self.feature_dim}")
 
 
 @MODELS.register("vbpr")
@@ -74,6 +77,8 @@ class VBPR(BranchedRecommender):
             :math:`\boldsymbol{\theta}` (MMRec's choice; the paper's :math:`K` and :math:`K'`).
         features (dict): Item features per modality, :math:`(|\mathcal{I}|, D_m)`.
         reg_weight (float): L2 weight.
+        content_reg (float, optional): L2 weight on the batch items' content vectors
+            :math:`\mathbf{E}\mathbf{f}_i`. (default: :obj:`0.0`)
 
     Shapes:
         - **branches**: modality :math:`(|\mathcal{U}|, d+1), (|\mathcal{I}|, d+1)`;
@@ -83,7 +88,7 @@ class VBPR(BranchedRecommender):
     Params = VBPRParams
 
     def __init__(self, num_users: int, embedding_dim: int, features: dict[str, Tensor],
-                 reg_weight: float) -> None:
+                 reg_weight: float, content_reg: float = 0.0) -> None:
         super().__init__()
         self.modalities = list(features)
         if not self.modalities or FUSED in self.modalities:
@@ -101,6 +106,7 @@ class VBPR(BranchedRecommender):
         for m, x in features.items():
             self.register_buffer(f"feat_{m}", x, persistent=False)
         self.reg_weight = reg_weight
+        self.content_reg = content_reg
         self.reset_parameters()
 
     @classmethod
@@ -109,7 +115,8 @@ class VBPR(BranchedRecommender):
         # centring and rescaling change no ranking: E's and beta''s shifts are per-user
         # constants and the scale is absorbed by E and beta'
         prepared = {m: prepare_features(x, params.feature_dim) for m, x in features.items()}
-        return cls(graph["user"].num_nodes, embedding_dim, prepared, params.reg_weight)
+        return cls(graph["user"].num_nodes, embedding_dim, prepared, params.reg_weight,
+                   params.content_reg)
 
     def reset_parameters(self) -> None:
         for emb in (self.user_gamma, self.user_theta, self.item_gamma):
@@ -143,7 +150,15 @@ class VBPR(BranchedRecommender):
         reg = l2_reg(self.user_gamma(batch.users), self.user_theta(batch.users),
                      self.item_gamma(batch.pos), self.item_gamma(neg),
                      self.item_bias(batch.pos), self.item_bias(neg))
-        return bpr + self.reg_weight * reg, {"bpr": bpr.detach(), "reg": reg.detach()}
+        total = bpr + self.reg_weight * reg
+        terms = {"bpr": bpr.detach(), "reg": reg.detach()}
+        if self.content_reg:
+            d = self.item_gamma.embedding_dim
+            content = gather(item, torch.stack([batch.pos, neg], 1))[..., d:2 * d]
+            content_reg = l2_reg(content[:, 0], content[:, 1])
+            terms["content_reg"] = content_reg.detach()
+            total = total + self.content_reg * content_reg
+        return total, terms
 
     def __repr__(self) -> str:
         return (f"VBPR({self.user_gamma.num_embeddings} users, "
