@@ -15,10 +15,13 @@ from brmrs_pyg.config import ConfigError, option
 from brmrs_pyg.graphs import bipartite_adj_t, knn_adjacency, knn_k_of
 from brmrs_pyg.losses import bpr_loss, l2_reg
 from brmrs_pyg.nn.backbones import LightGCNBackbone
+from brmrs_pyg.nn.sparse import to_adj_t
 from brmrs_pyg.recommenders.base import MODELS, Batch, gather
 from brmrs_pyg.recommenders.branched import FUSED, Branches, BranchedRecommender
 
-Graph = tuple[Tensor, Tensor]
+#: An item graph as backbone input: ``(edge_index, edge_weight)``, or ``(adj_t, None)`` for a
+#: constant graph as a sparse matrix (faster to propagate over).
+Graph = tuple[Tensor, Tensor | None]
 
 
 @dataclass(frozen=True)
@@ -114,8 +117,8 @@ class LATTICE(BranchedRecommender):
             edge_index, weight = knn_adjacency(x.float(), knn_k, weighted=True)
             self.register_buffer(f"raw_index_{m}", edge_index, persistent=False)
             self.register_buffer(f"raw_weight_{m}", weight, persistent=False)
-        #: The item graphs of the current epoch, detached (rebuilt at the first training
-        #: step after :meth:`start_epoch`).
+        #: The item graphs of the current epoch, detached, as sparse matrices (rebuilt at the
+        #: first training step after :meth:`start_epoch`).
         self.epoch_graphs: dict[str, Graph] | None = None
         self.reset_parameters()
 
@@ -139,13 +142,13 @@ class LATTICE(BranchedRecommender):
         self.epoch_graphs = None
 
     def item_graphs(self) -> dict[str, Graph]:
-        r"""``(edge_index, edge_weight)`` of :math:`\mathbf{A}^m` for every modality and of
-        the combined :math:`\mathbf{A}` under ``"fused"``: built from the current weights
-        (with gradient) in evaluation and at the first training step of an epoch, the
-        detached copy of that build at the epoch's later steps."""
+        r""":math:`\mathbf{A}^m` for every modality and the combined :math:`\mathbf{A}` under
+        ``"fused"``: built from the current weights (``(edge_index, edge_weight)``, with
+        gradient) in evaluation and at the first training step of an epoch; at the epoch's
+        later steps that build, detached, as sparse matrices ``(adj_t, None)``."""
         if self.training and self.epoch_graphs is not None:
             return self.epoch_graphs
-        graphs: dict[str, Graph] = {}
+        graphs: dict[str, tuple[Tensor, Tensor]] = {}
         for m in self.modalities:
             projection: torch.nn.Module = self.proj[m]
             learned_index, learned = knn_adjacency(projection(self.features[m]), self.knn_k,
@@ -157,9 +160,9 @@ class LATTICE(BranchedRecommender):
         graphs[FUSED] = (torch.cat([graphs[m][0] for m in self.modalities], 1),
                          torch.cat([a * graphs[m][1] for a, m in zip(alpha, self.modalities)]))
         if self.training:
-            self.epoch_graphs = {name: (index, weight.detach())
+            self.epoch_graphs = {name: (to_adj_t(index, weight.detach(), self.num_items), None)
                                  for name, (index, weight) in graphs.items()}
-        return graphs
+        return dict(graphs)
 
     def branches(self) -> dict[str, tuple[Tensor, Tensor]]:
         r"""``{m: (p, e_I + h^m/|h^m|) for each modality m, "fused": (p, q)}``, see the class
