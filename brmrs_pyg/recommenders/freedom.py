@@ -98,7 +98,7 @@ class FREEDOM(BranchedRecommender):
         \mathcal{L}_{bpr}(\mathbf{p}, \mathbf{f}^m) + \lambda_{reg} \mathcal{R},
 
     where the second term ranks each modality's projected features with the final user
-    embeddings (FREEDOM's Eq. 14; the reference code calls :math:`\lambda` ``reg_weight``),
+    embeddings (the reference code calls :math:`\lambda` ``reg_weight``),
     and :math:`\mathcal{R}` is L2 on the batch's ID embeddings (0 by default, as the
     reference code has none).
 
@@ -143,6 +143,7 @@ class FREEDOM(BranchedRecommender):
                                        alpha=[0.0] * params.ii_layers + [1.0])
         self.ui_pairs: Tensor
         self.ui_weight: Tensor
+        self.adj_full: Tensor
         self.register_buffer("ui_pairs", ui_pairs, persistent=False)
         self.register_buffer("ui_weight", ui_weight, persistent=False)
         self.register_buffer("adj_full", user_item_adj_t(ui_pairs, num_users, num_items),
