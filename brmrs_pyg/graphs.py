@@ -373,3 +373,89 @@ def bipartite_adj_t(graph: HeteroData) -> Tensor:
     """
     n = graph["user"].num_nodes + graph["item"].num_nodes
     return to_adj_t(*bipartite_edges(graph), n)
+
+
+def knn_k_of(graph: HeteroData, modality: str) -> int:
+    r"""The :math:`k` the training graph's ``cosine`` kNN graph of ``modality`` was built with
+    (every item receives exactly :math:`k` edges), for models that build their own kNN graphs
+    from the features with the run's ``knn_k``.
+
+    Raises:
+        ValueError: The graph is not a ``cosine`` kNN graph (in-degrees differ).
+    """
+    store = graph[knn_edge_type(modality)]
+    degree = torch.bincount(store.edge_index[1], minlength=graph["item"].num_nodes)
+    if degree.numel() == 0 or bool((degree != degree[0]).any()):
+        raise ValueError(f"the item-item graph of {modality!r} is not a top-k kNN graph (items "
+                         "receive different numbers of edges); use ii_recipe=cosine")
+    return int(degree[0])
+
+
+def knn_adjacency(x: Tensor, k: int, weighted: bool) -> tuple[Tensor, Tensor]:
+    r"""Symmetrically normalised top-:math:`k` cosine graph of the rows of ``x`` with each node
+    among its own candidates (as LATTICE's and FREEDOM's reference code select them: the
+    top-:math:`k` of a full similarity row, whose largest entry is the node itself),
+
+    .. math::
+        a_{ji} = \begin{cases} \max(\cos(\mathbf{x}_j, \mathbf{x}_i), 0) & \text{weighted}
+        \\ 1 & \text{binary} \end{cases} \quad \text{for } j \in
+        \operatorname{top-}k_j \cos(\mathbf{x}_i, \mathbf{x}_j), \qquad
+        \hat{a}_{ji} = \frac{a_{ji}}{\sqrt{d_j d_i}}
+
+    (:func:`knn_graph` with ``include_self=True``, then :func:`sym_norm`). Negative
+    similarities, rare among a top-:math:`k`, are clamped to 0 so that degrees stay positive.
+    Values carry gradient with respect to ``x`` when ``weighted``; the selection does not.
+
+    Returns:
+        ``(edge_index, edge_weight)``, shapes :math:`(2, N k)` and :math:`(N k,)`, neighbours
+        sending to the node.
+
+    >>> x = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0]])
+    >>> knn_adjacency(x, 2, weighted=False)[1].tolist()
+    [0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
+    """
+    edge_index, _ = knn_graph(x.detach(), k, include_self=True)
+    if not weighted:
+        return edge_index, sym_norm(edge_index, x.size(0))
+    xn = torch.nn.functional.normalize(x, dim=1)
+    sim = (xn[edge_index[0]] * xn[edge_index[1]]).sum(-1).clamp_min(0)
+    return edge_index, sym_norm(edge_index, x.size(0), sim)
+
+
+def user_item_adj_t(pairs: Tensor, num_users: int, num_items: int) -> Tensor:
+    r"""The LightGCN-normalised adjacency of the user-item pairs ``pairs`` over the
+    homogeneous node set (users, then items), :math:`\hat{a}_{ui} = 1/\sqrt{d_u d_i}` with the
+    degrees counted in ``pairs``; sparse CSR in ``adj_t`` layout, as
+    :func:`bipartite_adj_t` (which is this function on the training pairs).
+
+    Shapes:
+        - **pairs**: :math:`(2, E)`, rows user and item ids; **output**: :math:`(N, N)`,
+          :math:`N = |\mathcal{U}| + |\mathcal{I}|`.
+    """
+    users, items = pairs
+    n = num_users + num_items
+    homo = torch.stack([torch.cat([users, items + num_users]),
+                        torch.cat([items + num_users, users])])
+    return to_adj_t(homo, sym_norm(homo, n), n)
+
+
+def degree_sensitive_sample(edge_weight: Tensor, keep_ratio: float) -> Tensor:
+    r"""Degree-sensitive edge pruning of FREEDOM (Zhou & Shen, MM 2023): draws
+    :math:`\lfloor |E| \rho \rfloor` distinct edges without replacement, each draw picking an
+    edge not yet drawn with probability proportional to its weight; with the LightGCN weight
+    :math:`1/\sqrt{d_u d_i}` edges between high-degree nodes (likely noise) are dropped more
+    often. Uses torch's global generator.
+
+    Args:
+        edge_weight (Tensor): Non-negative sampling weights, shape :math:`(E,)`.
+        keep_ratio (float): :math:`\rho \in [0, 1]`, the fraction of edges kept.
+
+    Returns:
+        Indices of the kept edges, shape :math:`(\lfloor |E| \rho \rfloor,)`, distinct.
+    """
+    if not 0.0 <= keep_ratio <= 1.0:
+        raise ValueError(f"keep_ratio must lie in [0, 1], got {keep_ratio}")
+    keep = int(edge_weight.numel() * keep_ratio)
+    if keep == 0:
+        return torch.empty(0, dtype=torch.long, device=edge_weight.device)
+    return torch.multinomial(edge_weight, keep, replacement=False)
