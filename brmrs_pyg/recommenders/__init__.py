@@ -4,7 +4,9 @@ Importing this package registers every model in :data:`MODELS`.
 """
 from brmrs_pyg.recommenders.base import MODELS, Batch, Recommender
 from brmrs_pyg.recommenders.brmrs import BRMRS
+from brmrs_pyg.recommenders.concat import Concat
+from brmrs_pyg.recommenders.decoupled import Decoupled
 from brmrs_pyg.recommenders.lightgcn import LightGCN
 from brmrs_pyg.recommenders.mf import MF
 
-__all__ = ["MODELS", "Batch", "LightGCN", "MF", "Recommender"]
+__all__ = ["MODELS", "Batch", "Concat", "Decoupled", "LightGCN", "MF", "Recommender"]
