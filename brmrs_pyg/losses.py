@@ -270,3 +270,77 @@ def cross_modal_objective(pos: Mapping[str, Tensor], pool: Mapping[str, Tensor],
                                     weights.theta, weights.reference_grad)
         total = total + weights.lambda_s * terms["syn"]
     return total, {name: value.detach() for name, value in terms.items()}
+
+
+def infonce_loss(a: Tensor, b: Tensor, tau: float, symmetric: bool = True) -> Tensor:
+    r"""InfoNCE (van den Oord et al., 2018) between two views of the same rows: row
+    :math:`b` of ``a`` and row :math:`b` of ``b`` are a positive pair, every other row of
+    the other view is a negative. Cosine similarity with temperature :math:`\tau`,
+
+    .. math::
+        \ell(\mathbf{A}, \mathbf{B}) = -\frac{1}{B} \sum_{b} \log
+        \frac{\exp(\cos(\mathbf{a}_b, \mathbf{b}_b) / \tau)}
+             {\sum_{c} \exp(\cos(\mathbf{a}_b, \mathbf{b}_c) / \tau)},
+
+    and with ``symmetric`` (the default, as in CLIP) the mean of both directions,
+    :math:`\frac{1}{2}(\ell(\mathbf{A}, \mathbf{B}) + \ell(\mathbf{B}, \mathbf{A}))`.
+    The one InfoNCE of the project: models pass the rows they align (e.g. the unique items
+    of a batch, so that an item is never its own negative).
+
+    Args:
+        a, b (Tensor): The two views, row-aligned.
+        tau (float): Temperature :math:`\tau > 0`.
+        symmetric (bool, optional): Average the two directions; otherwise only
+            :math:`\ell(\mathbf{A}, \mathbf{B})` (``a`` are the anchors). (default: :obj:`True`)
+
+    Shapes:
+        - **a**, **b**: :math:`(B, d)`; **output**: scalar.
+
+    >>> x = torch.eye(2)
+    >>> round(infonce_loss(x, x, tau=1.0).item(), 4)  # -log(e / (e + 1))
+    0.3133
+    """
+    if a.shape != b.shape or a.dim() != 2:
+        raise ValueError(f"infonce_loss needs two (B, d) views of the same shape, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    logits = F.normalize(a, dim=1) @ F.normalize(b, dim=1).T / tau
+    target = torch.arange(a.size(0), device=a.device)
+    loss = F.cross_entropy(logits, target)
+    if symmetric:
+        loss = (loss + F.cross_entropy(logits.T, target)) / 2
+    return loss
+
+
+def orthogonality_loss(shared: Tensor, specific: Tensor, eps: float = 1e-12) -> Tensor:
+    r"""Orthogonality of a shared and a specific representation of the same rows, the
+    "difference loss" of domain separation (Bousmalis et al., NeurIPS 2016) normalised to
+    be scale-free,
+
+    .. math::
+        \mathcal{L}_{orth} = \frac{\lVert \mathbf{S}^\top \mathbf{P} \rVert_F^2}
+        {\lVert \mathbf{S} \rVert_F^2 \, \lVert \mathbf{P} \rVert_F^2} \in [0, 1],
+
+    zero exactly when every column of :math:`\mathbf{S}` is orthogonal to every column of
+    :math:`\mathbf{P}` over the rows (no shared dimension correlates, uncentred, with a
+    specific one), and 1 when both have rank one along the same direction. The
+    normalisation keeps the loss from being lowered by shrinking the representations.
+
+    Args:
+        shared (Tensor): :math:`\mathbf{S}`, one row per sample.
+        specific (Tensor): :math:`\mathbf{P}`, the same rows.
+        eps (float, optional): Floor of the denominator. (default: :obj:`1e-12`)
+
+    Shapes:
+        - **shared**: :math:`(B, d_s)`; **specific**: :math:`(B, d_p)`; **output**: scalar.
+
+    >>> s, p = torch.tensor([[1.0], [1.0]]), torch.tensor([[1.0], [-1.0]])
+    >>> orthogonality_loss(s, p).item()
+    0.0
+    """
+    if shared.dim() != 2 or specific.dim() != 2 or shared.size(0) != specific.size(0):
+        raise ValueError(f"orthogonality_loss needs (B, d_s) and (B, d_p) with the same rows, "
+                         f"got {tuple(shared.shape)} and {tuple(specific.shape)}")
+    cross = (shared.T @ specific).pow(2).sum()
+    return cross / (shared.pow(2).sum() * specific.pow(2).sum()).clamp_min(eps)

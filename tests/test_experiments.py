@@ -292,12 +292,12 @@ def test_main_suite_compares_brmrs_with_the_best_other_model_by_valid(project, t
                         lambda a, b, metrics: compared.append((a[0].variant.model,
                                                                b[0].variant.model)) or [])
     ctx = SuiteContext(make_runner(project, tmp_path), (1, 2),
-                       models=("bpr", "vbpr", "lightgcn", "brmrs"))
+                       models=("bpr", "no_such_model", "lightgcn", "brmrs"))
     from brmrs_pyg.experiments.suites import main_suite
     summary = main_suite(ctx)
     assert compared == [("brmrs", "lightgcn")]  # lightgcn is best on valid, bpr on test
     assert [r["label"] for r in summary["runs"]][::2] == ["bpr", "lightgcn", "brmrs"]
-    assert "vbpr" not in (tmp_path / "suite" / "table.md").read_text()
+    assert "no_such_model" not in (tmp_path / "suite" / "table.md").read_text()
 
 
 def test_testbed_suites_tabulate_and_plot_the_diagnostics(project, tmp_path, monkeypatch):

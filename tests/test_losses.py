@@ -10,7 +10,9 @@ from brmrs_pyg.losses import (
     chns_loss,
     cross_modal_objective,
     hard_negative_loss,
+    infonce_loss,
     l2_reg,
+    orthogonality_loss,
     synergy_loss,
 )
 from brmrs_pyg.sampling import hardest_in_pool
@@ -289,3 +291,57 @@ def test_norm_penalty_is_the_sum_of_table_norms_over_the_last_tables_rows():
     a = torch.tensor([[3.0, 4.0]])            # norm 5
     b = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 2.0], [2.0, 0.0]])  # norm 3, 4 rows
     torch.testing.assert_close(norm_penalty(a, b), torch.tensor(8.0 / 4))
+
+
+# --- InfoNCE and orthogonality -------------------------------------------------------------
+
+def naive_infonce(a, b, tau):
+    """One row at a time: -log of the positive's share of exp(cos / tau) over b's rows."""
+    total = 0.0
+    for r in range(a.size(0)):
+        sims = [torch.nn.functional.cosine_similarity(a[r], b[c], dim=0).item() / tau
+                for c in range(b.size(0))]
+        total += -(sims[r] - math.log(sum(math.exp(x) for x in sims)))
+    return total / a.size(0)
+
+
+def test_infonce_matches_a_naive_loop():
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 3, generator=gen), torch.randn(5, 3, generator=gen)
+    one_way = infonce_loss(a, b, tau=0.3, symmetric=False).item()
+    assert one_way == pytest.approx(naive_infonce(a, b, 0.3), rel=1e-5)
+    assert one_way != pytest.approx(naive_infonce(b, a, 0.3), rel=1e-3)
+    both = (naive_infonce(a, b, 0.3) + naive_infonce(b, a, 0.3)) / 2
+    assert infonce_loss(a, b, tau=0.3).item() == pytest.approx(both, rel=1e-5)
+
+
+def test_infonce_hand_value_and_scale_invariance():
+    # cos = identity on two orthogonal rows: -log(e^(1/tau) / (e^(1/tau) + 1)), tau = 0.5
+    x = torch.eye(2)
+    assert infonce_loss(x, 3 * x, tau=0.5).item() == pytest.approx(math.log(1 + math.exp(-2)))
+    with pytest.raises(ValueError, match="tau"):
+        infonce_loss(x, x, tau=0.0)
+    with pytest.raises(ValueError, match="same shape"):
+        infonce_loss(x, x[:1], tau=1.0)
+
+
+def test_orthogonality_zero_for_orthogonal_inputs():
+    gen = torch.Generator().manual_seed(0)
+    basis, _ = torch.linalg.qr(torch.randn(6, 6, generator=gen))
+    # columns of S span basis[:, :2], columns of P span basis[:, 2:5]: S^T P = 0
+    shared = basis[:, :2] @ torch.randn(2, 4, generator=gen)
+    specific = basis[:, 2:5] @ torch.randn(3, 3, generator=gen)
+    assert orthogonality_loss(shared, specific).item() == pytest.approx(0.0, abs=1e-6)
+    assert orthogonality_loss(shared, shared[:, :3]).item() > 0.1
+
+
+def test_orthogonality_hand_value_bounds_and_scale():
+    s = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    p = torch.tensor([[1.0], [2.0]])
+    # S^T P = [3, 2]: 13 / (||S||^2 ||P||^2) = 13 / (3 * 5)
+    assert orthogonality_loss(s, p).item() == pytest.approx(13 / 15)
+    assert orthogonality_loss(10 * s, 0.1 * p).item() == pytest.approx(13 / 15, rel=1e-5)
+    v = torch.tensor([[1.0], [2.0], [-1.0]])
+    assert orthogonality_loss(v @ torch.tensor([[1.0, 2.0]]), -v).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="same rows"):
+        orthogonality_loss(s, p[:1])
