@@ -140,11 +140,11 @@ def test_graph_ablation_switches():
     x = prepare_features(data.features["m0"], 128)
     assert torch.allclose(items, no_ui.item_emb.weight + no_ui.proj["m0"](x), atol=1e-6)
     only_m1 = build(data, ii_graphs="m1")
-    assert only_m1.ii["m0"] is None and only_m1.ii["m1"] is not None
+    assert list(only_m1.channels.ii) == ["m1"]
     with pytest.raises(ConfigError, match="not in the run's modalities"):
         build(data, ii_graphs="m7")
     with_uu = build(data, spec=GraphSpec(knn_k=2, uu_k=2))
-    assert with_uu.uu is not None and "uu" in repr(with_uu)
+    assert len(with_uu.channels.uu) == 2 and "'uu'" in repr(with_uu)
     # the user-user graph changes user embeddings, not the item side
     base = build(data)
     assert torch.allclose(with_uu.branches()["m0"][1], base.branches()["m0"][1])

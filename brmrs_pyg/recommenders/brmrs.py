@@ -10,14 +10,14 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from brmrs_pyg.config import ConfigError, option
-from brmrs_pyg.graphs import UU, bipartite_edges, knn_edge_type
 from brmrs_pyg.losses import (NEGATIVE_SOURCES, CrossModalWeights, cross_modal_objective,
                               l2_reg)
-from brmrs_pyg.nn.backbones import BACKBONES, Backbone
+from brmrs_pyg.nn.backbones import BACKBONES
 from brmrs_pyg.nn.features import prepare_features
-from brmrs_pyg.nn.fusion import FUSIONS, Fusion
+from brmrs_pyg.nn.fusion import FUSIONS
 from brmrs_pyg.recommenders.base import MODELS, Batch
 from brmrs_pyg.recommenders.branched import FUSED, Branches, BranchedRecommender, branch_scores
+from brmrs_pyg.recommenders.channels import ChannelGraphs, ModalityChannels
 
 
 @dataclass(frozen=True)
@@ -53,38 +53,6 @@ class BRMRSParams:
         if not 1 <= self.hard_k <= self.pool_size:
             raise ConfigError(f"need 1 <= hard_k <= pool_size, got hard_k={self.hard_k}, "
                               f"pool_size={self.pool_size}")
-
-
-@dataclass
-class ChannelGraphs:
-    r"""The graphs a BR-MRS channel propagates over, each ``(edge_index, edge_weight)`` or
-    ``None`` when switched off: the user-item graph over users-then-items node ids, each
-    modality's item-item graph, and the user-user graph."""
-
-    ui: tuple[Tensor, Tensor] | None
-    ii: dict[str, tuple[Tensor, Tensor] | None]
-    uu: tuple[Tensor, Tensor] | None
-
-    @classmethod
-    def from_graph(cls, graph: HeteroData, modalities: list[str], ui: bool,
-                   ii_graphs: str) -> "ChannelGraphs":
-        r"""Selects the graphs of ``graph`` that the ablation switches keep."""
-        if ii_graphs == "all":
-            keep = set(modalities)
-        elif ii_graphs == "none":
-            keep = set()
-        else:
-            keep = {m.strip() for m in ii_graphs.split(",") if m.strip()}
-            if keep - set(modalities):
-                raise ConfigError(f"ii_graphs={ii_graphs!r} names modalities "
-                                  f"{sorted(keep - set(modalities))} not in the run's "
-                                  f"modalities {modalities}")
-        ii = {}
-        for m in modalities:
-            store = graph[knn_edge_type(m)]
-            ii[m] = (store.edge_index, store.edge_weight) if m in keep else None
-        uu = (graph[UU].edge_index, graph[UU].edge_weight) if UU in graph.edge_types else None
-        return cls(bipartite_edges(graph) if ui else None, ii, uu)
 
 
 @MODELS.register("brmrs")
@@ -152,48 +120,13 @@ class BRMRS(BranchedRecommender):
                                          for m, x in features.items()})
         for m, x in features.items():
             self.register_buffer(f"feat_{m}", x, persistent=False)
-        backbone = BACKBONES.get(params.backbone)
-        n = num_users + num_items
-        self.ui = self._graph_modules("ui", graphs.ui, n, backbone, embedding_dim,
-                                      params.num_layers)
-        self.ii = {m: self._graph_modules(f"ii_{m}", graphs.ii[m], num_items, backbone,
-                                          embedding_dim, params.ii_layers)
-                   for m in self.modalities}
-        self.uu = self._graph_modules("uu", graphs.uu, num_users, backbone, embedding_dim,
-                                      params.ii_layers)
+        self.channels = ModalityChannels(self.modalities, num_users, num_items, graphs,
+                                         BACKBONES.get(params.backbone), embedding_dim,
+                                         (params.num_layers, params.ii_layers))
         fusion = FUSIONS.get(params.fusion)
         self.user_fusion = fusion(embedding_dim, len(self.modalities))
         self.item_fusion = fusion(embedding_dim, len(self.modalities))
         self.reset_parameters()
-
-    def _graph_modules(self, name: str, edges: tuple[Tensor, Tensor] | None, num_nodes: int,
-                       backbone: type[Backbone], dim: int, num_layers: int
-                       ) -> list[tuple[Backbone, str, str | None]] | None:
-        r"""One backbone per modality for graph ``name`` (the graph input stored as buffers);
-        returns ``[(backbone, input buffer, weight buffer or None)]`` in modality order."""
-        if edges is None or num_layers == 0:
-            return None
-        out: list[tuple[Backbone, str, str | None]] = []
-        for m in self.modalities:
-            module = backbone(dim, num_layers)
-            self.add_module(f"gnn_{name}_{m}", module)
-            if not out:  # the graph input is shared by the modalities' backbones
-                structure, weight = module.graph_input(edges[0], edges[1], num_nodes)
-                self.register_buffer(f"graph_{name}", structure, persistent=False)
-                if weight is not None:
-                    self.register_buffer(f"weight_{name}", weight, persistent=False)
-            out.append((module, f"graph_{name}",
-                        f"weight_{name}" if hasattr(self, f"weight_{name}") else None))
-        return out
-
-    def _propagate(self, modules: list[tuple[Backbone, str, str | None]], index: int,
-                   x: Tensor) -> Tensor:
-        module, graph, weight = modules[index]
-        return module(x, getattr(self, graph), None if weight is None else getattr(self, weight))
-
-    def _backbones(self) -> list[Backbone]:
-        groups = [self.ui, self.uu, *self.ii.values()]
-        return [module for group in groups if group is not None for module, _, _ in group]
 
     @classmethod
     def from_data(cls, params: Any, graph: HeteroData, features: dict[str, Tensor],
@@ -208,30 +141,17 @@ class BRMRS(BranchedRecommender):
         torch.nn.init.xavier_uniform_(self.item_emb.weight)
         for lin in self.proj.values():
             lin.reset_parameters()  # type: ignore[operator]
-        modules: list[Backbone | Fusion] = [*self._backbones(), self.user_fusion,
-                                            self.item_fusion]
-        for module in modules:
-            module.reset_parameters()
+        self.channels.reset_parameters()
+        self.user_fusion.reset_parameters()
+        self.item_fusion.reset_parameters()
 
     def branches(self) -> dict[str, tuple[Tensor, Tensor]]:
         r"""User and item embeddings of every branch: each modality, then ``"fused"``."""
         user0, id0 = self.user_emb.weight, self.item_emb.weight
         out: dict[str, tuple[Tensor, Tensor]] = {}
-        for index, m in enumerate(self.modalities):
+        for m in self.modalities:
             projection: torch.nn.Module = self.proj[m]
-            item0 = id0 + projection(getattr(self, f"feat_{m}"))
-            users, items = user0, item0
-            if self.ui is not None:
-                h = self._propagate(self.ui, index, torch.cat([user0, item0]))
-                # split, not slicing: its backward is one concatenation instead of two
-                # zero-filled full-size gradients
-                users, items = h.split([self.num_users, self.num_items])
-            ii = self.ii[m]
-            if ii is not None:
-                items = items + self._propagate(ii, index, item0)
-            if self.uu is not None:
-                users = users + self._propagate(self.uu, index, user0)
-            out[m] = (users, items)
+            out[m] = self.channels(m, user0, id0 + projection(getattr(self, f"feat_{m}")))
         out[FUSED] = (self.user_fusion([out[m][0] for m in self.modalities]),
                       self.item_fusion([out[m][1] for m in self.modalities]))
         return out
@@ -248,10 +168,6 @@ class BRMRS(BranchedRecommender):
         return total + self.reg_weight * reg, terms
 
     def __repr__(self) -> str:
-        graphs = [g for g, on in (("ui", self.ui), ("uu", self.uu)) if on is not None]
-        graphs += [f"ii_{m}" for m in self.modalities if self.ii[m] is not None]
-        backbones = self._backbones()
         return (f"BRMRS({self.num_users} users, {self.num_items} items, "
-                f"modalities={self.modalities}, graphs={graphs}, "
-                f"fusion={type(self.user_fusion).__name__}, "
-                f"backbone={backbones[0] if backbones else None})")
+                f"modalities={self.modalities}, {self.channels}, "
+                f"fusion={type(self.user_fusion).__name__})")

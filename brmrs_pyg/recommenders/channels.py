@@ -1,13 +1,50 @@
-r"""Per-modality graph channels shared by the multi-branch baselines: each modality
-propagates its own input embeddings over the user-item graph and, optionally, its item-item
-kNN graph, with backbones of its own and the graphs stored once."""
+r"""Per-modality graph channels, shared by BR-MRS and the multi-branch baselines: each
+modality propagates its own input embeddings over the user-item graph and, optionally, its
+item-item kNN graph and the user-user graph, with backbones of its own and every graph
+stored once."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch_geometric.data import HeteroData
 
+from brmrs_pyg.config import ConfigError
+from brmrs_pyg.graphs import UU, bipartite_edges, knn_edge_type
 from brmrs_pyg.nn.backbones import Backbone
-from brmrs_pyg.recommenders.brmrs import ChannelGraphs
+
+
+@dataclass
+class ChannelGraphs:
+    r"""The graphs a modality channel propagates over, each ``(edge_index, edge_weight)`` or
+    ``None`` when switched off: the user-item graph over users-then-items node ids, each
+    modality's item-item graph, and the user-user graph."""
+
+    ui: tuple[Tensor, Tensor] | None
+    ii: dict[str, tuple[Tensor, Tensor] | None]
+    uu: tuple[Tensor, Tensor] | None
+
+    @classmethod
+    def from_graph(cls, graph: HeteroData, modalities: list[str], ui: bool,
+                   ii_graphs: str) -> "ChannelGraphs":
+        r"""Selects the graphs of ``graph`` that the ablation switches keep."""
+        if ii_graphs == "all":
+            keep = set(modalities)
+        elif ii_graphs == "none":
+            keep = set()
+        else:
+            keep = {m.strip() for m in ii_graphs.split(",") if m.strip()}
+            if keep - set(modalities):
+                raise ConfigError(f"ii_graphs={ii_graphs!r} names modalities "
+                                  f"{sorted(keep - set(modalities))} not in the run's "
+                                  f"modalities {modalities}")
+        ii = {}
+        for m in modalities:
+            store = graph[knn_edge_type(m)]
+            ii[m] = (store.edge_index, store.edge_weight) if m in keep else None
+        uu = (graph[UU].edge_index, graph[UU].edge_weight) if UU in graph.edge_types else None
+        return cls(bipartite_edges(graph) if ui else None, ii, uu)
 
 
 class ModalityChannels(torch.nn.Module):
@@ -16,22 +53,24 @@ class ModalityChannels(torch.nn.Module):
 
     .. math::
         [\mathbf{P}^{(m)}; \mathbf{Q}^{(m)}] = \mathrm{GNN}^{(m)}_{ui}
-        ([\mathbf{P}^{(m,0)}; \mathbf{Q}^{(m,0)}]) + [\mathbf{0};
-        \mathrm{GNN}^{(m)}_{ii}(\mathbf{Q}^{(m,0)})],
+        ([\mathbf{P}^{(m,0)}; \mathbf{Q}^{(m,0)}]) + [\mathrm{GNN}^{(m)}_{uu}
+        (\mathbf{P}^{(m,0)}); \mathrm{GNN}^{(m)}_{ii}(\mathbf{Q}^{(m,0)})].
 
-    the second term only when ``graphs.ii[m]`` is given and ``ii_layers > 0``. Every
-    modality has its own backbones (parameter-free for LightGCN); the graph inputs are
-    built once and shared.
+    A graph that is ``None`` in ``graphs`` (or has 0 layers) drops its term; without the
+    user-item graph the first term is the input itself. The item-item and user-user graphs
+    share the second layer count. Every modality has its own backbone per graph
+    (parameter-free for LightGCN); each graph's input is built once and shared.
 
     Args:
         modalities (list of str): Channel names, in order.
         num_users (int): Number of users.
         num_items (int): Number of items.
-        graphs (ChannelGraphs): The user-item graph over users-then-items node ids (``ui``)
-            and each modality's item-item graph (``ii``); ``uu`` must be ``None``.
+        graphs (ChannelGraphs): The user-item graph over users-then-items node ids (``ui``),
+            each modality's item-item graph (``ii``) and the user-user graph (``uu``).
         backbone (type): The :class:`~brmrs_pyg.nn.backbones.Backbone` class.
         channels (int): Width :math:`d` of the embeddings.
-        layers (tuple of int): Layers over the user-item and over the item-item graphs.
+        layers (tuple of int): Layers over the user-item graph, and over the item-item and
+            user-user graphs.
 
     Shapes:
         - **user0**: :math:`(|\mathcal{U}|, d)`; **item0**: :math:`(|\mathcal{I}|, d)`;
@@ -42,22 +81,26 @@ class ModalityChannels(torch.nn.Module):
                  graphs: ChannelGraphs, backbone: type[Backbone], channels: int,
                  layers: tuple[int, int]) -> None:
         super().__init__()
-        if graphs.ui is None or graphs.uu is not None:
-            raise ValueError("ModalityChannels propagates over the user-item graph and, "
-                             "per modality, an item-item graph; no user-user graph")
         self.modalities = list(modalities)
         self.num_users = num_users
         ui_layers, ii_layers = layers
-        ui = {m: backbone(channels, ui_layers) for m in modalities}
-        self._store("ui", ui[modalities[0]].graph_input(*graphs.ui, num_users + num_items))
+        ui: dict[str, Backbone] = {}
+        if graphs.ui is not None and ui_layers > 0:
+            ui = {m: backbone(channels, ui_layers) for m in modalities}
+            self._store("ui", ui[modalities[0]].graph_input(*graphs.ui, num_users + num_items))
         ii: dict[str, Backbone] = {}
         for m in modalities:
             edges = graphs.ii.get(m)
             if edges is not None and ii_layers > 0:
                 ii[m] = backbone(channels, ii_layers)
                 self._store(f"ii_{m}", ii[m].graph_input(*edges, num_items))
+        uu: dict[str, Backbone] = {}
+        if graphs.uu is not None and ii_layers > 0:
+            uu = {m: backbone(channels, ii_layers) for m in modalities}
+            self._store("uu", uu[modalities[0]].graph_input(*graphs.uu, num_users))
         self.ui = torch.nn.ModuleDict(ui)
         self.ii = torch.nn.ModuleDict(ii)
+        self.uu = torch.nn.ModuleDict(uu)
 
     def _store(self, name: str, graph_input: tuple[Tensor, Tensor | None]) -> None:
         structure, weight = graph_input
@@ -68,18 +111,24 @@ class ModalityChannels(torch.nn.Module):
         return module(x, getattr(self, f"graph_{name}"), getattr(self, f"weight_{name}"))
 
     def reset_parameters(self) -> None:
-        for module in [*self.ui.values(), *self.ii.values()]:
+        for module in [*self.ui.values(), *self.uu.values(), *self.ii.values()]:
             module.reset_parameters()  # type: ignore[operator]
 
     def forward(self, modality: str, user0: Tensor, item0: Tensor) -> tuple[Tensor, Tensor]:
-        h = self._run(self.ui[modality], "ui", torch.cat([user0, item0]))
-        # split, not slicing: its backward is one concatenation
-        users, items = h.split([self.num_users, item0.size(0)])
+        users, items = user0, item0
+        if modality in self.ui:
+            h = self._run(self.ui[modality], "ui", torch.cat([user0, item0]))
+            # split, not slicing: its backward is one concatenation instead of two
+            # zero-filled full-size gradients
+            users, items = h.split([self.num_users, item0.size(0)])
         if modality in self.ii:
             items = items + self._run(self.ii[modality], f"ii_{modality}", item0)
+        if modality in self.uu:
+            users = users + self._run(self.uu[modality], "uu", user0)
         return users, items
 
     def __repr__(self) -> str:
-        first = self.ui[self.modalities[0]]
-        return (f"ModalityChannels({self.modalities}, backbone={first}, "
-                f"item_graphs={list(self.ii)})")
+        first = next(iter(self.ui.values()), None)
+        graphs = (["ui"] if self.ui else []) + (["uu"] if self.uu else [])
+        graphs += [f"ii_{m}" for m in self.ii]
+        return f"ModalityChannels({self.modalities}, graphs={graphs}, backbone={first})"

@@ -19,8 +19,7 @@ from brmrs_pyg.nn.features import prepare_features
 from brmrs_pyg.nn.fusion import FUSIONS, Fusion
 from brmrs_pyg.recommenders.base import MODELS, Batch, gather
 from brmrs_pyg.recommenders.branched import FUSED, Branches, BranchedRecommender
-from brmrs_pyg.recommenders.brmrs import ChannelGraphs
-from brmrs_pyg.recommenders.channels import ModalityChannels
+from brmrs_pyg.recommenders.channels import ChannelGraphs, ModalityChannels
 
 
 @dataclass(frozen=True)
