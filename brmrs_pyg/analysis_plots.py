@@ -10,6 +10,7 @@ from typing import Any
 from torch import Tensor
 
 from brmrs_pyg.io import atomic_open
+from brmrs_pyg.plotting import PlotsUnavailable, pyplot
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +24,9 @@ def write_plots(report: dict[str, Any], margins: dict[str, dict[str, Tensor]],
     ``recall_by_type.png`` into ``folder``; returns the file names written (none when
     matplotlib is missing)."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")  # files only: no display needed
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: analysis.json written without plots; "
-                    "install them with: pip install -e .[plots]")
+        plt = pyplot()
+    except PlotsUnavailable as exc:
+        log.warning("analysis.json written without plots: %s", exc)
         return []
     drawn = {"partition.png": _partition, "margins.png": _margins} if report["modalities"] else {}
     if "ground_truth" in report:

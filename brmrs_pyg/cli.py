@@ -15,7 +15,7 @@ from brmrs_pyg.data.errors import DataError
 from brmrs_pyg.data.prepare.cli import run_prepare
 from brmrs_pyg.experiments import SuiteError
 from brmrs_pyg.experiments.cli import run_suite_cli
-from brmrs_pyg.experiments.report import PlotsUnavailable
+from brmrs_pyg.plotting import PlotsUnavailable
 from brmrs_pyg.pipeline import Paths, load_config, out_dir_of, resume_config, run
 from brmrs_pyg.recommenders import MODELS
 from brmrs_pyg.registry import UnknownNameError

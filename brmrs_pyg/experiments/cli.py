@@ -12,7 +12,7 @@ from brmrs_pyg.config import ConfigError
 from brmrs_pyg.io import atomic_write_json
 from brmrs_pyg.pipeline import Paths
 
-from .report import pyplot
+from brmrs_pyg.plotting import pyplot
 from .runner import Runner, RunnerSettings
 from .suites import SUITES, SuiteContext
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from brmrs_pyg.io import atomic_open, atomic_write_csv, atomic_write_text
+from brmrs_pyg.plotting import pyplot
 
 from .compare import Comparison
 from .runner import Summary
@@ -121,22 +122,6 @@ class Panel:
     stacked: bool = False
 
 
-class PlotsUnavailable(ImportError):
-    r"""matplotlib is not installed; the message says how to install it."""
-
-
-def pyplot() -> Any:
-    r"""matplotlib's ``pyplot`` on the file-only Agg backend, or :class:`PlotsUnavailable`."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise PlotsUnavailable("plots need matplotlib: pip install -e .[plots] (or "
-                               "EXTRAS=test,plots ./setup.sh)") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def line_plot(path: Path, title: str, panels: Sequence[Panel]) -> None:
     r"""A figure of ``panels``, three to a row (lines with error bars, or stacked areas),
     saved to ``path`` (PNG)."""
@@ -202,5 +187,4 @@ def _save(fig: Any, path: Path, title: str) -> None:
     fig.tight_layout()
     with atomic_open(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-    plt.close(fig)
+    pyplot().close(fig)
