@@ -112,6 +112,23 @@ def test_content_reg_adds_l2_on_the_batch_items_content_vectors():
     torch.testing.assert_close(loss, base + 0.7 * expected)
 
 
+def test_reg_norm_is_mmrecs_penalty_on_user_and_item_vectors():
+    model = build(reg_weight=0.3, reg_norm=True)
+    b = batch()
+    loss, terms = model.loss(b)
+    neg = b.neg[:, 0]
+
+    def content(items):
+        return sum(model.proj[m](getattr(model, f"feat_{m}")[items]) for m in model.modalities)
+
+    users = torch.cat([model.user_gamma.weight[b.users], model.user_theta.weight[b.users]], 1)
+    pos = torch.cat([model.item_gamma.weight[b.pos], content(b.pos)], 1)
+    negv = torch.cat([model.item_gamma.weight[neg], content(neg)], 1)
+    expected = (users.norm() + pos.norm() + negv.norm()) / 3  # unsquared, over the batch
+    torch.testing.assert_close(terms["reg"], expected.detach())
+    torch.testing.assert_close(loss, terms["bpr"] + 0.3 * expected)
+
+
 def test_own_loss_uses_only_the_first_negative_column():
     model = build()
     one, _ = model.loss(batch(1))

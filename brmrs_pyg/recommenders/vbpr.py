@@ -10,7 +10,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from brmrs_pyg.config import ConfigError, option
-from brmrs_pyg.losses import bpr_loss, l2_reg
+from brmrs_pyg.losses import bpr_loss, l2_reg, norm_penalty
 from brmrs_pyg.nn.features import prepare_features
 from brmrs_pyg.recommenders.base import MODELS, Batch, gather
 from brmrs_pyg.recommenders.branched import FUSED, Branches, BranchedRecommender
@@ -23,6 +23,9 @@ class VBPRParams:
     content_reg: float = option(0.0, "weight of the L2 penalty on the batch items' content "
                                      "vectors E f_i (MMRec's VBPR regularises them with the "
                                      "item vector; 0: the paper's Theta only)")
+    reg_norm: bool = option(False, "regularise as MMRec's VBPR does: reg_weight times the "
+                                   "unsquared norms of the batch's [gamma_u; theta_u] and "
+                                   "[gamma_i; E f_i] over the batch size (content_reg unused)")
     feature_dim: int = option(0, "principal components kept of each modality's features "
                                  "before the projection E (0: all, as in the paper)")
 
@@ -79,6 +82,10 @@ class VBPR(BranchedRecommender):
         reg_weight (float): L2 weight.
         content_reg (float, optional): L2 weight on the batch items' content vectors
             :math:`\mathbf{E}\mathbf{f}_i`. (default: :obj:`0.0`)
+        reg_norm (bool, optional): Use MMRec's penalty instead,
+            :func:`~brmrs_pyg.losses.norm_penalty` of the batch's user vectors
+            :math:`[\boldsymbol{\gamma}_u; \boldsymbol{\theta}_u]` and item vectors
+            :math:`[\boldsymbol{\gamma}_i; \mathbf{E}\mathbf{f}_i]`. (default: :obj:`False`)
 
     Shapes:
         - **branches**: modality :math:`(|\mathcal{U}|, d+1), (|\mathcal{I}|, d+1)`;
@@ -88,7 +95,7 @@ class VBPR(BranchedRecommender):
     Params = VBPRParams
 
     def __init__(self, num_users: int, embedding_dim: int, features: dict[str, Tensor],
-                 reg_weight: float, content_reg: float = 0.0) -> None:
+                 reg_weight: float, content_reg: float = 0.0, reg_norm: bool = False) -> None:
         super().__init__()
         self.modalities = list(features)
         if not self.modalities or FUSED in self.modalities:
@@ -107,6 +114,7 @@ class VBPR(BranchedRecommender):
             self.register_buffer(f"feat_{m}", x, persistent=False)
         self.reg_weight = reg_weight
         self.content_reg = content_reg
+        self.reg_norm = reg_norm
         self.reset_parameters()
 
     @classmethod
@@ -116,7 +124,7 @@ class VBPR(BranchedRecommender):
         # constants and the scale is absorbed by E and beta'
         prepared = {m: prepare_features(x, params.feature_dim) for m, x in features.items()}
         return cls(graph["user"].num_nodes, embedding_dim, prepared, params.reg_weight,
-                   params.content_reg)
+                   params.content_reg, params.reg_norm)
 
     def reset_parameters(self) -> None:
         for emb in (self.user_gamma, self.user_theta, self.item_gamma):
@@ -145,8 +153,12 @@ class VBPR(BranchedRecommender):
     def branch_loss(self, batch: Batch, branches: Branches) -> tuple[Tensor, dict[str, Tensor]]:
         user, item = branches[FUSED]
         neg = batch.neg[:, 0]  # a uniform negative, also when the plug-in draws a pool
-        u = gather(user, batch.users)
-        bpr = bpr_loss((u * gather(item, batch.pos)).sum(-1), (u * gather(item, neg)).sum(-1))
+        u, pos, negative = gather(user, batch.users), gather(item, batch.pos), gather(item, neg)
+        bpr = bpr_loss((u * pos).sum(-1), (u * negative).sum(-1))
+        if self.reg_norm:  # MMRec's EmbLoss on its user and item vectors
+            d = 2 * self.item_gamma.embedding_dim
+            reg = norm_penalty(u[:, :d], pos[:, :d], negative[:, :d])
+            return bpr + self.reg_weight * reg, {"bpr": bpr.detach(), "reg": reg.detach()}
         reg = l2_reg(self.user_gamma(batch.users), self.user_theta(batch.users),
                      self.item_gamma(batch.pos), self.item_gamma(neg),
                      self.item_bias(batch.pos), self.item_bias(neg))
@@ -154,8 +166,7 @@ class VBPR(BranchedRecommender):
         terms = {"bpr": bpr.detach(), "reg": reg.detach()}
         if self.content_reg:
             d = self.item_gamma.embedding_dim
-            content = gather(item, torch.stack([batch.pos, neg], 1))[..., d:2 * d]
-            content_reg = l2_reg(content[:, 0], content[:, 1])
+            content_reg = l2_reg(pos[:, d:2 * d], negative[:, d:2 * d])
             terms["content_reg"] = content_reg.detach()
             total = total + self.content_reg * content_reg
         return total, terms
