@@ -102,6 +102,17 @@ class ModalityChannels(torch.nn.Module):
         self.ii = torch.nn.ModuleDict(ii)
         self.uu = torch.nn.ModuleDict(uu)
 
+    @classmethod
+    def over_graph(cls, graph: HeteroData, modalities: list[str], backbone: type[Backbone],
+                   channels: int, layers: tuple[int, int]) -> "ModalityChannels":
+        r"""Channels over the training ``graph``'s user-item graph and, when the second
+        layer count is positive, every modality's item-item graph (no user-user graph)."""
+        graphs = ChannelGraphs.from_graph(graph, modalities, True,
+                                          "all" if layers[1] else "none")
+        graphs.uu = None
+        return cls(modalities, graph["user"].num_nodes, graph["item"].num_nodes, graphs,
+                   backbone, channels, layers)
+
     def _store(self, name: str, graph_input: tuple[Tensor, Tensor | None]) -> None:
         structure, weight = graph_input
         self.register_buffer(f"graph_{name}", structure, persistent=False)

@@ -15,7 +15,7 @@ from brmrs_pyg.nn.backbones import BACKBONES
 from brmrs_pyg.nn.features import prepare_features
 from brmrs_pyg.recommenders.base import MODELS, Batch, gather
 from brmrs_pyg.recommenders.branched import FUSED, Branches, BranchedRecommender
-from brmrs_pyg.recommenders.channels import ChannelGraphs, ModalityChannels
+from brmrs_pyg.recommenders.channels import ModalityChannels
 
 
 @dataclass(frozen=True)
@@ -101,12 +101,9 @@ class Concat(BranchedRecommender):
     def from_data(cls, params: Any, graph: HeteroData, features: dict[str, Tensor],
                   embedding_dim: int) -> "Concat":
         modalities = list(features)
-        graphs = ChannelGraphs.from_graph(graph, modalities, True,
-                                          "all" if params.ii_layers else "none")
-        channels = ModalityChannels(modalities, graph["user"].num_nodes,
-                                    graph["item"].num_nodes, graphs,
-                                    BACKBONES.get(params.backbone), embedding_dim,
-                                    (params.num_layers, params.ii_layers))
+        channels = ModalityChannels.over_graph(graph, modalities,
+                                               BACKBONES.get(params.backbone), embedding_dim,
+                                               (params.num_layers, params.ii_layers))
         prepared = {m: prepare_features(x, params.feature_dim) for m, x in features.items()}
         return cls(graph["user"].num_nodes, embedding_dim, prepared, channels,
                    params.shared_ids, params.reg_weight)

@@ -19,7 +19,7 @@ from brmrs_pyg.nn.features import prepare_features
 from brmrs_pyg.nn.fusion import FUSIONS, Fusion
 from brmrs_pyg.recommenders.base import MODELS, Batch, gather
 from brmrs_pyg.recommenders.branched import FUSED, Branches, BranchedRecommender
-from brmrs_pyg.recommenders.channels import ChannelGraphs, ModalityChannels
+from brmrs_pyg.recommenders.channels import ModalityChannels
 
 
 @dataclass(frozen=True)
@@ -138,12 +138,9 @@ class Decoupled(BranchedRecommender):
     def from_data(cls, params: Any, graph: HeteroData, features: dict[str, Tensor],
                   embedding_dim: int) -> "Decoupled":
         modalities = list(features)
-        graphs = ChannelGraphs.from_graph(graph, modalities, True,
-                                          "all" if params.ii_layers else "none")
-        channels = ModalityChannels(modalities, graph["user"].num_nodes,
-                                    graph["item"].num_nodes, graphs,
-                                    BACKBONES.get(params.backbone), embedding_dim,
-                                    (params.num_layers, params.ii_layers))
+        channels = ModalityChannels.over_graph(graph, modalities,
+                                               BACKBONES.get(params.backbone), embedding_dim,
+                                               (params.num_layers, params.ii_layers))
         prepared = {m: prepare_features(x, params.feature_dim) for m, x in features.items()}
         weights = DecoupledWeights(params.lambda_nce, params.tau, params.lambda_orth,
                                    params.branch_bpr, params.reg_weight)
