@@ -26,10 +26,11 @@ def build(data=None, **overrides):
     torch.manual_seed(0)
     model = VBPR.from_data(params, build_graph(data, GraphSpec(knn_k=2)), data.features,
                            embedding_dim=4)
-    with torch.no_grad():  # non-zero biases, so that a misplaced bias shows
-        model.item_bias.weight.normal_()
-        for lin in model.feature_bias.values():
-            lin.weight.normal_()
+    if model.item_bias is not None:
+        with torch.no_grad():  # non-zero biases, so that a misplaced bias shows
+            model.item_bias.weight.normal_()
+            for lin in model.feature_bias.values():
+                lin.weight.normal_()
     return model
 
 
@@ -127,6 +128,42 @@ def test_reg_norm_is_mmrecs_penalty_on_user_and_item_vectors():
     expected = (users.norm() + pos.norm() + negv.norm()) / 3  # unsquared, over the batch
     torch.testing.assert_close(terms["reg"], expected.detach())
     torch.testing.assert_close(loss, terms["bpr"] + 0.3 * expected)
+
+
+def test_without_item_bias_the_score_is_mmrecs_and_the_branches_lose_the_bias_column():
+    model = build(item_bias=False)
+    assert model.item_bias is None and model.feature_bias is None
+    assert not any("bias" in name for name, _ in model.named_parameters())
+    f = torch.cat([getattr(model, f"feat_{m}") for m in model.modalities], 1)
+    E = torch.cat([model.proj[m].weight for m in model.modalities], 1)
+    # MMRec's VBPR: [gamma_u; theta_u] . [gamma_i; E f_i]
+    expected = (torch.cat([model.user_gamma.weight, model.user_theta.weight], 1)
+                @ torch.cat([model.item_gamma.weight, f @ E.T], 1).T)
+    branches = model.branches()
+    user, item = branches[FUSED]
+    assert user.shape == (5, 8) and item.shape == (6, 8)
+    torch.testing.assert_close(user @ item.T, expected)
+    for m in model.modalities:
+        user, item = branches[m]
+        assert user.shape == (5, 4)
+        torch.testing.assert_close(
+            user @ item.T, model.user_theta.weight @ model.proj[m](getattr(model, f"feat_{m}")).T)
+
+
+def test_without_item_bias_the_loss_regularises_the_factors_only():
+    model = build(item_bias=False, reg_weight=0.3)
+    b = batch()
+    loss, terms = model.loss(b)
+    reg = sum(t.pow(2).sum() for t in (
+        model.user_gamma.weight[b.users], model.user_theta.weight[b.users],
+        model.item_gamma.weight[b.pos], model.item_gamma.weight[b.neg[:, 0]])) / (2 * 3)
+    torch.testing.assert_close(terms["reg"], reg.detach())
+    torch.testing.assert_close(loss, terms["bpr"] + 0.3 * reg)
+    # with reg_norm, the penalty is on the whole user and item vectors of the score
+    model = build(item_bias=False, reg_weight=0.3, reg_norm=True)
+    user, item = model.branches()[FUSED]
+    expected = (user[b.users].norm() + item[b.pos].norm() + item[b.neg[:, 0]].norm()) / 3
+    torch.testing.assert_close(model.loss(b)[1]["reg"], expected.detach())
 
 
 def test_own_loss_uses_only_the_first_negative_column():

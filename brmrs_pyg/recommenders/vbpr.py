@@ -26,6 +26,8 @@ class VBPRParams:
     reg_norm: bool = option(False, "regularise as MMRec's VBPR does: reg_weight times the "
                                    "unsquared norms of the batch's [gamma_u; theta_u] and "
                                    "[gamma_i; E f_i] over the batch size (content_reg unused)")
+    item_bias: bool = option(True, "keep the paper's item bias beta_i and content bias "
+                                   "beta'^T f_i (MMRec's VBPR has neither)")
     feature_dim: int = option(0, "principal components kept of each modality's features "
                                  "before the projection E (0: all, as in the paper)")
 
@@ -74,6 +76,9 @@ class VBPR(BranchedRecommender):
     \sum_m s_m`, and ``plugin=brmrs`` trains each modality's share of the score with CHNS and
     asks the whole score to beat the best single share.
 
+    With ``item_bias=False`` (MMRec's VBPR) there are no :math:`\beta_i` and
+    :math:`\boldsymbol{\beta}'`, and the bias coordinate is dropped from every branch.
+
     Args:
         num_users (int): Number of users.
         embedding_dim (int): Size :math:`d` of both :math:`\boldsymbol{\gamma}` and
@@ -86,16 +91,20 @@ class VBPR(BranchedRecommender):
             :func:`~brmrs_pyg.losses.norm_penalty` of the batch's user vectors
             :math:`[\boldsymbol{\gamma}_u; \boldsymbol{\theta}_u]` and item vectors
             :math:`[\boldsymbol{\gamma}_i; \mathbf{E}\mathbf{f}_i]`. (default: :obj:`False`)
+        item_bias (bool, optional): Keep :math:`\beta_i` and :math:`\boldsymbol{\beta}'`.
+            (default: :obj:`True`)
 
     Shapes:
         - **branches**: modality :math:`(|\mathcal{U}|, d+1), (|\mathcal{I}|, d+1)`;
-          fused :math:`(|\mathcal{U}|, 2d+1), (|\mathcal{I}|, 2d+1)`.
+          fused :math:`(|\mathcal{U}|, 2d+1), (|\mathcal{I}|, 2d+1)` (:math:`d` and
+          :math:`2d` without item biases).
     """
 
     Params = VBPRParams
 
     def __init__(self, num_users: int, embedding_dim: int, features: dict[str, Tensor],
-                 reg_weight: float, content_reg: float = 0.0, reg_norm: bool = False) -> None:
+                 reg_weight: float, content_reg: float = 0.0, reg_norm: bool = False,
+                 item_bias: bool = True) -> None:
         super().__init__()
         self.modalities = list(features)
         if not self.modalities or FUSED in self.modalities:
@@ -105,11 +114,14 @@ class VBPR(BranchedRecommender):
         self.user_gamma = torch.nn.Embedding(num_users, embedding_dim)
         self.user_theta = torch.nn.Embedding(num_users, embedding_dim)
         self.item_gamma = torch.nn.Embedding(num_items, embedding_dim)
-        self.item_bias = torch.nn.Embedding(num_items, 1)
         self.proj = torch.nn.ModuleDict({m: torch.nn.Linear(x.size(1), embedding_dim, bias=False)
                                          for m, x in features.items()})
-        self.feature_bias = torch.nn.ModuleDict({m: torch.nn.Linear(x.size(1), 1, bias=False)
-                                                 for m, x in features.items()})
+        self.item_bias: torch.nn.Embedding | None = None
+        self.feature_bias: torch.nn.ModuleDict | None = None
+        if item_bias:
+            self.item_bias = torch.nn.Embedding(num_items, 1)
+            self.feature_bias = torch.nn.ModuleDict({
+                m: torch.nn.Linear(x.size(1), 1, bias=False) for m, x in features.items()})
         for m, x in features.items():
             self.register_buffer(f"feat_{m}", x, persistent=False)
         self.reg_weight = reg_weight
@@ -124,30 +136,37 @@ class VBPR(BranchedRecommender):
         # constants and the scale is absorbed by E and beta'
         prepared = {m: prepare_features(x, params.feature_dim) for m, x in features.items()}
         return cls(graph["user"].num_nodes, embedding_dim, prepared, params.reg_weight,
-                   params.content_reg, params.reg_norm)
+                   params.content_reg, params.reg_norm, params.item_bias)
 
     def reset_parameters(self) -> None:
         for emb in (self.user_gamma, self.user_theta, self.item_gamma):
             torch.nn.init.xavier_normal_(emb.weight)
-        torch.nn.init.zeros_(self.item_bias.weight)
         for proj in self.proj.values():
             torch.nn.init.xavier_normal_(proj.weight)  # type: ignore[arg-type]
-        for bias in self.feature_bias.values():
-            torch.nn.init.zeros_(bias.weight)  # type: ignore[arg-type]
+        if self.item_bias is not None and self.feature_bias is not None:
+            torch.nn.init.zeros_(self.item_bias.weight)
+            for bias in self.feature_bias.values():
+                torch.nn.init.zeros_(bias.weight)  # type: ignore[arg-type]
 
     def branches(self) -> dict[str, tuple[Tensor, Tensor]]:
         r"""Each modality's share of the score, then the whole score (see the class)."""
         theta = self.user_theta.weight
-        one = theta.new_ones(theta.size(0), 1)
-        modal_user = torch.cat([theta, one], 1)
+        item_bias, feature_bias = self.item_bias, self.feature_bias
+        biased = item_bias is not None and feature_bias is not None
+        modal_user = torch.cat([theta, theta.new_ones(theta.size(0), 1)], 1) if biased else theta
         out: dict[str, tuple[Tensor, Tensor]] = {}
         for m in self.modalities:
             x = getattr(self, f"feat_{m}")
-            out[m] = (modal_user, torch.cat([self.proj[m](x), self.feature_bias[m](x)], 1))
+            content_m = self.proj[m](x)
+            if feature_bias is not None:
+                content_m = torch.cat([content_m, feature_bias[m](x)], 1)
+            out[m] = (modal_user, content_m)
         content = torch.stack([out[m][1] for m in self.modalities]).sum(0)
-        visual, bias = content.split([content.size(1) - 1, 1], 1)
+        if item_bias is not None:  # add beta_i to the summed content bias, the last column
+            visual, bias = content.split([content.size(1) - 1, 1], 1)
+            content = torch.cat([visual, bias + item_bias.weight], 1)
         out[FUSED] = (torch.cat([self.user_gamma.weight, modal_user], 1),
-                      torch.cat([self.item_gamma.weight, visual, bias + self.item_bias.weight], 1))
+                      torch.cat([self.item_gamma.weight, content], 1))
         return out
 
     def branch_loss(self, batch: Batch, branches: Branches) -> tuple[Tensor, dict[str, Tensor]]:
@@ -159,9 +178,11 @@ class VBPR(BranchedRecommender):
             d = 2 * self.item_gamma.embedding_dim
             reg = norm_penalty(u[:, :d], pos[:, :d], negative[:, :d])
             return bpr + self.reg_weight * reg, {"bpr": bpr.detach(), "reg": reg.detach()}
-        reg = l2_reg(self.user_gamma(batch.users), self.user_theta(batch.users),
-                     self.item_gamma(batch.pos), self.item_gamma(neg),
-                     self.item_bias(batch.pos), self.item_bias(neg))
+        factors = [self.user_gamma(batch.users), self.user_theta(batch.users),
+                   self.item_gamma(batch.pos), self.item_gamma(neg)]
+        if self.item_bias is not None:
+            factors += [self.item_bias(batch.pos), self.item_bias(neg)]
+        reg = l2_reg(*factors)
         total = bpr + self.reg_weight * reg
         terms = {"bpr": bpr.detach(), "reg": reg.detach()}
         if self.content_reg:
