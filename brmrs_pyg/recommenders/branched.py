@@ -21,9 +21,9 @@ Branches = Mapping[str, tuple[Tensor, Tensor]]
 
 
 @dataclass(frozen=True)
-class PluginParams:
-    r"""Keys of ``plugin=brmrs``: the weights of the BR-MRS losses added to a model's own
-    objective (same names and meaning as the keys of the ``brmrs`` model)."""
+class CrossModalParams:
+    r"""The keys of the two BR-MRS losses, CHNS and the synergy-aware BPR: shared by the
+    ``brmrs`` model and by ``plugin=brmrs`` (:class:`PluginParams`)."""
 
     lambda_h: float = option(1.0, "weight of cross-modal hard negative sampling (CHNS)")
     lambda_s: float = option(1.0, "weight of the synergy-aware BPR loss")
@@ -40,6 +40,12 @@ class PluginParams:
         if not 1 <= self.hard_k <= self.pool_size:
             raise ConfigError(f"need 1 <= hard_k <= pool_size, got hard_k={self.hard_k}, "
                               f"pool_size={self.pool_size}")
+
+
+@dataclass(frozen=True)
+class PluginParams(CrossModalParams):
+    r"""Keys of ``plugin=brmrs``: the weights of the BR-MRS losses added to a model's own
+    objective (same names and meaning as the keys of the ``brmrs`` model)."""
 
     def weights(self) -> CrossModalWeights:
         r"""The objective's weights, without a fused BPR (the host model has its own)."""

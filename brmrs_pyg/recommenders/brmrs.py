@@ -16,12 +16,16 @@ from brmrs_pyg.nn.backbones import BACKBONES
 from brmrs_pyg.nn.features import prepare_features
 from brmrs_pyg.nn.fusion import FUSIONS
 from brmrs_pyg.recommenders.base import MODELS, Batch
-from brmrs_pyg.recommenders.branched import FUSED, Branches, BranchedRecommender, branch_scores
+from brmrs_pyg.recommenders.branched import (FUSED, Branches, BranchedRecommender,
+                                             CrossModalParams, branch_scores)
 from brmrs_pyg.recommenders.channels import ChannelGraphs, ModalityChannels
 
 
 @dataclass(frozen=True)
-class BRMRSParams:
+class BRMRSParams(CrossModalParams):
+    r"""The model's keys: the six loss keys of :class:`CrossModalParams` (the same keys that
+    ``plugin=brmrs`` adds to other models), then these."""
+
     num_layers: int = option(1, "propagation layers over the user-item graph")
     ii_layers: int = option(1, "propagation layers over each item-item (and user-user) graph")
     backbone: str = option("lightgcn", "propagation backbone: lightgcn, gcn, sage, gat")
@@ -32,27 +36,18 @@ class BRMRSParams:
     ii_graphs: str = option("all", "modalities that propagate over their item-item graph: "
                                    "'all', 'none' or comma-separated names")
     lambda_bpr: float = option(1.0, "weight of the fused BPR loss")
-    lambda_h: float = option(1.0, "weight of cross-modal hard negative sampling (CHNS)")
-    lambda_s: float = option(1.0, "weight of the synergy-aware BPR loss")
-    theta: float = option(0.1, "synergy margin: fused margin must beat the best unimodal one")
-    syn_ref_grad: bool = option(True, "whether the synergy reference (best unimodal margin) "
-                                      "receives gradient")
-    pool_size: int = option(10, "CHNS candidate pool size P per positive")
-    hard_k: int = option(1, "hardest negatives taken per modality from the pool (1: paper)")
     hard_negatives: str = option("chns", "who picks the hard negatives of every modality: "
                                          "'chns' (the other modalities), 'fused', a modality's "
                                          "name, or 'uniform' (no hard negatives)")
     reg_weight: float = option(1e-3, "weight of the L2 penalty on the batch's ID embeddings")
 
     def __post_init__(self) -> None:
-        for key in ("lambda_bpr", "lambda_h", "lambda_s", "theta", "reg_weight"):
+        super().__post_init__()
+        for key in ("lambda_bpr", "reg_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.num_layers < 0 or self.ii_layers < 0 or self.feature_dim < 0:
             raise ConfigError("num_layers, ii_layers and feature_dim must be >= 0")
-        if not 1 <= self.hard_k <= self.pool_size:
-            raise ConfigError(f"need 1 <= hard_k <= pool_size, got hard_k={self.hard_k}, "
-                              f"pool_size={self.pool_size}")
 
 
 @MODELS.register("brmrs")
