@@ -54,6 +54,16 @@ class PluginParams(CrossModalParams):
                                  reference_grad=self.syn_ref_grad)
 
 
+def branch_modalities(features: Mapping[str, Tensor], model: str) -> list[str]:
+    r"""The modality names of a branched ``model``'s ``features``, checked: at least one, and
+    none named ``"fused"`` (the name of the fused branch)."""
+    modalities = list(features)
+    if not modalities or FUSED in modalities:
+        raise ConfigError(f"{model} needs at least one modality not named {FUSED!r}, got "
+                          f"{modalities}")
+    return modalities
+
+
 def branch_scores(branches: Branches, batch: Batch, pool_columns: int, fused_columns: int = 1,
                   fused: str = FUSED) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     r"""Scores of a batch under every branch, as :func:`cross_modal_objective` takes them.

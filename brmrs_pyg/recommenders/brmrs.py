@@ -16,8 +16,8 @@ from brmrs_pyg.nn.backbones import BACKBONES
 from brmrs_pyg.nn.features import prepare_features
 from brmrs_pyg.nn.fusion import FUSIONS
 from brmrs_pyg.recommenders.base import MODELS, Batch
-from brmrs_pyg.recommenders.branched import (FUSED, Branches, BranchedRecommender,
-                                             CrossModalParams, branch_scores)
+from brmrs_pyg.recommenders.branched import (FUSED, BranchedRecommender, Branches, CrossModalParams,
+                                             branch_modalities, branch_scores)
 from brmrs_pyg.recommenders.channels import ChannelGraphs, ModalityChannels
 
 
@@ -92,10 +92,7 @@ class BRMRS(BranchedRecommender):
     def __init__(self, num_users: int, embedding_dim: int, features: dict[str, Tensor],
                  graphs: ChannelGraphs, params: BRMRSParams) -> None:
         super().__init__()
-        self.modalities = list(features)
-        if len(self.modalities) < 1 or FUSED in self.modalities:
-            raise ConfigError(f"BR-MRS needs modalities not named {FUSED!r}, got "
-                              f"{self.modalities}")
+        self.modalities = branch_modalities(features, "BR-MRS")
         sources = NEGATIVE_SOURCES + tuple(self.modalities)
         if params.hard_negatives not in sources:
             raise ConfigError(f"hard_negatives={params.hard_negatives!r}: choose one of "

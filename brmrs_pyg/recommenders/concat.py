@@ -14,7 +14,7 @@ from brmrs_pyg.losses import bpr_loss, l2_reg
 from brmrs_pyg.nn.backbones import BACKBONES
 from brmrs_pyg.nn.features import prepare_features
 from brmrs_pyg.recommenders.base import MODELS, Batch, gather
-from brmrs_pyg.recommenders.branched import FUSED, Branches, BranchedRecommender
+from brmrs_pyg.recommenders.branched import FUSED, BranchedRecommender, Branches, branch_modalities
 from brmrs_pyg.recommenders.channels import ModalityChannels
 
 
@@ -77,10 +77,7 @@ class Concat(BranchedRecommender):
     def __init__(self, num_users: int, embedding_dim: int, features: dict[str, Tensor],
                  channels: ModalityChannels, shared_ids: bool, reg_weight: float) -> None:
         super().__init__()
-        self.modalities = list(features)
-        if not self.modalities or FUSED in self.modalities:
-            raise ConfigError(f"concat needs at least one modality not named {FUSED!r}, got "
-                              f"{self.modalities}")
+        self.modalities = branch_modalities(features, "concat")
         self.num_users = num_users
         self.num_items = next(iter(features.values())).size(0)
         self.reg_weight = reg_weight

@@ -18,7 +18,7 @@ from brmrs_pyg.nn.backbones import BACKBONES
 from brmrs_pyg.nn.features import prepare_features
 from brmrs_pyg.nn.fusion import FUSIONS, Fusion
 from brmrs_pyg.recommenders.base import MODELS, Batch, gather
-from brmrs_pyg.recommenders.branched import FUSED, Branches, BranchedRecommender
+from brmrs_pyg.recommenders.branched import FUSED, BranchedRecommender, Branches, branch_modalities
 from brmrs_pyg.recommenders.channels import ModalityChannels
 
 
@@ -111,10 +111,7 @@ class Decoupled(BranchedRecommender):
                  channels: ModalityChannels, fusion: type[Fusion],
                  weights: DecoupledWeights) -> None:
         super().__init__()
-        self.modalities = list(features)
-        if not self.modalities or FUSED in self.modalities:
-            raise ConfigError(f"decoupled needs at least one modality not named {FUSED!r}, "
-                              f"got {self.modalities}")
+        self.modalities = branch_modalities(features, "decoupled")
         if weights.nce and len(self.modalities) < 2:
             raise ConfigError(f"decoupled: the InfoNCE alignment (lambda_nce > 0) needs at "
                               f"least two modalities, got {self.modalities}; set lambda_nce=0")

@@ -17,7 +17,7 @@ from brmrs_pyg.losses import bpr_loss, l2_reg
 from brmrs_pyg.nn.backbones import LightGCNBackbone
 from brmrs_pyg.nn.sparse import to_adj_t
 from brmrs_pyg.recommenders.base import MODELS, Batch, gather
-from brmrs_pyg.recommenders.branched import FUSED, Branches, BranchedRecommender
+from brmrs_pyg.recommenders.branched import FUSED, BranchedRecommender, Branches, branch_modalities
 
 
 @dataclass(frozen=True)
@@ -122,10 +122,7 @@ class FREEDOM(BranchedRecommender):
                  ui_pairs: Tensor, ui_weight: Tensor, item_graph: tuple[Tensor, Tensor],
                  params: FREEDOMParams) -> None:
         super().__init__()
-        self.modalities = list(features)
-        if not self.modalities or FUSED in self.modalities:
-            raise ConfigError(f"FREEDOM needs at least one modality not named {FUSED!r}, got "
-                              f"{self.modalities}")
+        self.modalities = branch_modalities(features, "FREEDOM")
         num_items = next(iter(features.values())).size(0)
         self.num_users, self.num_items = num_users, num_items
         self.dropout, self.lambda_mm = params.dropout, params.lambda_mm

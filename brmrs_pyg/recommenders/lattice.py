@@ -17,7 +17,7 @@ from brmrs_pyg.losses import bpr_loss, l2_reg
 from brmrs_pyg.nn.backbones import LightGCNBackbone
 from brmrs_pyg.nn.sparse import to_adj_t
 from brmrs_pyg.recommenders.base import MODELS, Batch, gather
-from brmrs_pyg.recommenders.branched import FUSED, Branches, BranchedRecommender
+from brmrs_pyg.recommenders.branched import FUSED, BranchedRecommender, Branches, branch_modalities
 
 #: An item graph as backbone input: ``(edge_index, edge_weight)``, or ``(adj_t, None)`` for a
 #: constant graph as a sparse matrix (faster to propagate over).
@@ -93,10 +93,7 @@ class LATTICE(BranchedRecommender):
     def __init__(self, num_users: int, embedding_dim: int, features: dict[str, Tensor],
                  adj_t: Tensor, knn_k: int, params: LATTICEParams) -> None:
         super().__init__()
-        self.modalities = list(features)
-        if not self.modalities or FUSED in self.modalities:
-            raise ConfigError(f"LATTICE needs at least one modality not named {FUSED!r}, got "
-                              f"{self.modalities}")
+        self.modalities = branch_modalities(features, "LATTICE")
         num_items = next(iter(features.values())).size(0)
         self.num_users, self.num_items, self.knn_k = num_users, num_items, knn_k
         self.lambda_coeff, self.reg_weight = params.lambda_coeff, params.reg_weight

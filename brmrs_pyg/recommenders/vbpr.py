@@ -13,7 +13,7 @@ from brmrs_pyg.config import ConfigError, option
 from brmrs_pyg.losses import bpr_loss, l2_reg, norm_penalty
 from brmrs_pyg.nn.features import prepare_features
 from brmrs_pyg.recommenders.base import MODELS, Batch, gather
-from brmrs_pyg.recommenders.branched import FUSED, Branches, BranchedRecommender
+from brmrs_pyg.recommenders.branched import FUSED, BranchedRecommender, Branches, branch_modalities
 
 
 @dataclass(frozen=True)
@@ -106,10 +106,7 @@ class VBPR(BranchedRecommender):
                  reg_weight: float, content_reg: float = 0.0, reg_norm: bool = False,
                  item_bias: bool = True) -> None:
         super().__init__()
-        self.modalities = list(features)
-        if not self.modalities or FUSED in self.modalities:
-            raise ConfigError(f"VBPR needs at least one modality not named {FUSED!r}, got "
-                              f"{self.modalities}")
+        self.modalities = branch_modalities(features, "VBPR")
         num_items = next(iter(features.values())).size(0)
         self.user_gamma = torch.nn.Embedding(num_users, embedding_dim)
         self.user_theta = torch.nn.Embedding(num_users, embedding_dim)
