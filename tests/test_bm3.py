@@ -4,27 +4,15 @@ import torch
 import torch.nn.functional as F
 
 from brmrs_pyg.config import ConfigError, resolve
-from brmrs_pyg.data.mmrec import InteractionData
-from brmrs_pyg.graphs import GraphSpec, build_graph
 from brmrs_pyg.recommenders import MODELS, Batch
 from brmrs_pyg.recommenders.bm3 import BM3
+from tests.tiny_models import build_model, tiny_data
 
 
-def tiny_data(num_modalities=2):
-    gen = torch.Generator().manual_seed(0)
-    train = torch.tensor([[0, 0, 1, 1, 2, 2, 3, 3, 4], [0, 1, 1, 2, 3, 4, 0, 5, 2]])
-    features = {f"m{i}": torch.randn(6, 3 + i, generator=gen) for i in range(num_modalities)}
-    return InteractionData(name="t", num_users=5, num_items=6, train=train,
-                           valid=torch.tensor([[0], [2]]), test=torch.tensor([[1], [3]]),
-                           features=features)
 
 
 def build(data=None, **overrides):
-    data = data or tiny_data()
-    params = resolve([("test", overrides)], BM3.Params).model
-    torch.manual_seed(0)
-    return BM3.from_data(params, build_graph(data, GraphSpec(knn_k=2)), data.features,
-                         embedding_dim=4)
+    return build_model(BM3, data, **overrides)[0]
 
 
 def batch(neg):

@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from brmrs_pyg.config import ConfigError, resolve
-from brmrs_pyg.data.mmrec import InteractionData
 from brmrs_pyg.graphs import GraphSpec, bipartite_adj_t, build_graph, knn_edge_type
 from brmrs_pyg.interactions import PairIndex
 from brmrs_pyg.losses import CrossModalWeights, cross_modal_objective, l2_reg
@@ -10,23 +9,13 @@ from brmrs_pyg.nn.features import prepare_features
 from brmrs_pyg.recommenders import MODELS, Batch
 from brmrs_pyg.recommenders.brmrs import BRMRS
 from brmrs_pyg.sampling import sample_negatives
+from tests.tiny_models import build_model, tiny_data
 
 
-def tiny_data(num_modalities=2):
-    gen = torch.Generator().manual_seed(0)
-    train = torch.tensor([[0, 0, 1, 1, 2, 2, 3, 3, 4], [0, 1, 1, 2, 3, 4, 0, 5, 2]])
-    features = {f"m{i}": torch.randn(6, 3 + i, generator=gen) for i in range(num_modalities)}
-    return InteractionData(name="t", num_users=5, num_items=6, train=train,
-                           valid=torch.tensor([[0], [2]]), test=torch.tensor([[1], [3]]),
-                           features=features)
 
 
 def build(data=None, spec=None, **overrides):
-    data = data or tiny_data()
-    params = resolve([("test", overrides)], BRMRS.Params).model
-    torch.manual_seed(0)
-    graph = build_graph(data, spec or GraphSpec(knn_k=2))
-    return BRMRS.from_data(params, graph, data.features, embedding_dim=4)
+    return build_model(BRMRS, data, spec, **overrides)[0]
 
 
 def dense_adj(edge_index, weight, n):

@@ -1,11 +1,11 @@
 """Per-modality channels: dense reference, item-item graphs per modality, one graph input."""
-import pytest
 import torch
 
 from brmrs_pyg.graphs import GraphSpec, bipartite_adj_t, build_graph, knn_edge_type
 from brmrs_pyg.nn.backbones import LightGCNBackbone
 from brmrs_pyg.recommenders.channels import ChannelGraphs, ModalityChannels
-from tests.test_brmrs import dense_adj, tiny_data
+from tests.test_brmrs import dense_adj
+from tests.tiny_models import tiny_data
 
 
 def channels(ii_graphs, layers=(2, 1)):

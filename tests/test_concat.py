@@ -5,22 +5,19 @@ import pytest
 import torch
 
 from brmrs_pyg.config import ConfigError, resolve
-from brmrs_pyg.graphs import GraphSpec, bipartite_adj_t, build_graph, knn_edge_type
+from brmrs_pyg.graphs import bipartite_adj_t, knn_edge_type
 from brmrs_pyg.losses import bpr_loss, l2_reg
 from brmrs_pyg.nn.features import prepare_features
 from brmrs_pyg.recommenders import Batch
 from brmrs_pyg.recommenders.branched import PluginParams
 from brmrs_pyg.recommenders.concat import Concat
-from tests.test_brmrs import dense_adj, tiny_data
+from tests.test_brmrs import dense_adj
 from tests.test_cli import run_cli
+from tests.tiny_models import build_model, tiny_data
 
 
 def build(data=None, **overrides):
-    data = data or tiny_data()
-    params = resolve([("test", overrides)], Concat.Params).model
-    torch.manual_seed(0)
-    graph = build_graph(data, GraphSpec(knn_k=2))
-    return Concat.from_data(params, graph, data.features, embedding_dim=4), graph
+    return build_model(Concat, data, **overrides)
 
 
 def batch(neg_columns=1):

@@ -4,28 +4,16 @@ import torch
 import torch.nn.functional as F
 
 from brmrs_pyg.config import ConfigError, resolve
-from brmrs_pyg.data.mmrec import InteractionData
-from brmrs_pyg.graphs import GraphSpec, build_graph
 from brmrs_pyg.recommenders import MODELS, Batch
 from brmrs_pyg.recommenders.branched import FUSED, PluginParams
 from brmrs_pyg.recommenders.vbpr import VBPR
+from tests.tiny_models import build_model, tiny_data
 
 
-def tiny_data(num_modalities=2):
-    gen = torch.Generator().manual_seed(0)
-    train = torch.tensor([[0, 0, 1, 1, 2, 2, 3, 3, 4], [0, 1, 1, 2, 3, 4, 0, 5, 2]])
-    features = {f"m{i}": torch.randn(6, 3 + i, generator=gen) for i in range(num_modalities)}
-    return InteractionData(name="t", num_users=5, num_items=6, train=train,
-                           valid=torch.tensor([[0], [2]]), test=torch.tensor([[1], [3]]),
-                           features=features)
 
 
 def build(data=None, **overrides):
-    data = data or tiny_data()
-    params = resolve([("test", overrides)], VBPR.Params).model
-    torch.manual_seed(0)
-    model = VBPR.from_data(params, build_graph(data, GraphSpec(knn_k=2)), data.features,
-                           embedding_dim=4)
+    model = build_model(VBPR, data, **overrides)[0]
     if model.item_bias is not None:
         with torch.no_grad():  # non-zero biases, so that a misplaced bias shows
             model.item_bias.weight.normal_()
