@@ -9,8 +9,6 @@ from brmrs_pyg.recommenders.bm3 import BM3
 from tests.tiny_models import build_model, tiny_data
 
 
-
-
 def build(data=None, **overrides):
     return build_model(BM3, data, **overrides)[0]
 

@@ -12,8 +12,6 @@ from brmrs_pyg.sampling import sample_negatives
 from tests.tiny_models import build_model, tiny_data
 
 
-
-
 def build(data=None, spec=None, **overrides):
     return build_model(BRMRS, data, spec, **overrides)[0]
 

@@ -10,8 +10,6 @@ from brmrs_pyg.recommenders.vbpr import VBPR
 from tests.tiny_models import build_model, tiny_data
 
 
-
-
 def build(data=None, **overrides):
     model = build_model(VBPR, data, **overrides)[0]
     if model.item_bias is not None:

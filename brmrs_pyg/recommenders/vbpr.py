@@ -149,8 +149,9 @@ class VBPR(BranchedRecommender):
         r"""Each modality's share of the score, then the whole score (see the class)."""
         theta = self.user_theta.weight
         item_bias, feature_bias = self.item_bias, self.feature_bias
-        biased = item_bias is not None and feature_bias is not None
-        modal_user = torch.cat([theta, theta.new_ones(theta.size(0), 1)], 1) if biased else theta
+        modal_user = theta
+        if feature_bias is not None:  # the bias coordinate, multiplied by 1 for every user
+            modal_user = torch.cat([theta, theta.new_ones(theta.size(0), 1)], 1)
         out: dict[str, tuple[Tensor, Tensor]] = {}
         for m in self.modalities:
             x = getattr(self, f"feat_{m}")
