@@ -74,6 +74,29 @@ def modality_weights(spec: str, modalities: list[str]) -> dict[str, float]:
     return {m: w / total for m, w in weights.items()}
 
 
+def frozen_item_graph(graph: HeteroData, features: dict[str, Tensor], mm_weights: str
+                      ) -> tuple[Tensor, Tensor]:
+    r"""The frozen item-item graph of FREEDOM (and DRAGON): the :func:`modality_weights`
+    ``mm_weights``-weighted sum of each modality's binary top-:math:`k` cosine graph of the raw
+    features (:func:`~brmrs_pyg.graphs.knn_adjacency`, each node among its own candidates,
+    :math:`k` the run's ``knn_k``), each symmetrically normalised,
+
+    .. math::
+        \mathbf{S} = \sum_m w_m \mathbf{D}_m^{-1/2} \mathbf{A}_m \mathbf{D}_m^{-1/2}.
+
+    Returns:
+        ``(edge_index, edge_weight)``, the modalities' edges side by side (duplicates are
+        summed when the graph becomes a sparse matrix), neighbours sending to the item.
+    """
+    weights = modality_weights(mm_weights, list(features))
+    edges, values = [], []
+    for m, x in features.items():
+        edge_index, weight = knn_adjacency(x.float(), knn_k_of(graph, m), weighted=False)
+        edges.append(edge_index)
+        values.append(weights[m] * weight)
+    return torch.cat(edges, 1), torch.cat(values)
+
+
 @MODELS.register("freedom")
 class FREEDOM(BranchedRecommender):
     r"""FREEDOM (Zhou & Shen, MM 2023). The item-item graph is frozen before training: a
@@ -154,15 +177,9 @@ class FREEDOM(BranchedRecommender):
     @classmethod
     def from_data(cls, params: Any, graph: HeteroData, features: dict[str, Tensor],
                   embedding_dim: int) -> "FREEDOM":
-        weights = modality_weights(params.mm_weights, list(features))
-        edges, values = [], []
-        for m, x in features.items():
-            edge_index, weight = knn_adjacency(x.float(), knn_k_of(graph, m), weighted=False)
-            edges.append(edge_index)
-            values.append(weights[m] * weight)
-        item_graph = (torch.cat(edges, 1), torch.cat(values))
         return cls(graph["user"].num_nodes, embedding_dim, features, graph[UI].edge_index,
-                   graph[UI].edge_weight, item_graph, params)
+                   graph[UI].edge_weight, frozen_item_graph(graph, features, params.mm_weights),
+                   params)
 
     def reset_parameters(self) -> None:
         torch.nn.init.xavier_uniform_(self.user_emb.weight)
