@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
+from torch_geometric.utils import softmax as pyg_softmax
 
 from brmrs_pyg.config import II_RECIPES
 from brmrs_pyg.data.mmrec import InteractionData
@@ -162,6 +163,31 @@ def co_interaction_graph(train: Tensor, num_users: int, num_items: int, k: int,
                                      chunk_size)
     keep = count > 0
     return edge_index[:, keep], count[keep]
+
+
+def neighbour_softmax(edge_index: Tensor, score: Tensor, num_nodes: int) -> Tensor:
+    r"""Softmax of edge scores over each node's incoming edges, the user-graph weights of
+    DualGNN and DRAGON (softmax of the co-interaction counts over a user's neighbours),
+
+    .. math::
+        w_{vu} = \frac{\exp(c_{vu})}{\sum_{v' \in \mathcal{N}(u)} \exp(c_{v'u})}.
+
+    A node's weights sum to 1 when it has neighbours; a node without any has none (its
+    aggregate is 0).
+
+    Args:
+        edge_index (Tensor): Edges, shape :math:`(2, E)`, ``edge_index[1]`` the receiver.
+        score (Tensor): Edge scores :math:`c_{vu}`, shape :math:`(E,)`.
+        num_nodes (int): Number of nodes.
+
+    Shapes:
+        - **output**: :math:`(E,)`.
+
+    >>> ei = torch.tensor([[1, 2, 0], [0, 0, 1]])
+    >>> [round(w, 4) for w in neighbour_softmax(ei, torch.tensor([2.0, 1.0, 5.0]), 3).tolist()]
+    [0.7311, 0.2689, 1.0]
+    """
+    return pyg_softmax(score.float(), edge_index[1], num_nodes=num_nodes)
 
 
 def mixed_item_graph(train: Tensor, num_users: int, features: dict[str, Tensor], k: int,

@@ -1,3 +1,4 @@
+import math
 import struct
 import zipfile
 
@@ -18,6 +19,7 @@ from brmrs_pyg.graphs import (
     knn_graph,
     load_or_build_graph,
     mixed_item_graph,
+    neighbour_softmax,
     sym_norm,
     to_adj_t,
 )
@@ -261,3 +263,11 @@ def test_cache_key_covers_every_graph_setting():
             [GraphSpec(), GraphSpec(knn_k=3), GraphSpec(ii_recipe="mixed"),
              GraphSpec(ii_recipe="mixed", ii_mix=0.2), GraphSpec(uu_k=2)]}
     assert len(keys) == 5
+
+
+def test_neighbour_softmax_by_hand():
+    # node 0 receives from 1 (score 2) and 2 (score 0); node 1 from 0 (score 3); node 2 nothing
+    edge_index = torch.tensor([[1, 2, 0], [0, 0, 1]])
+    w = neighbour_softmax(edge_index, torch.tensor([2.0, 0.0, 3.0]), 3)
+    e2 = math.exp(2.0)
+    torch.testing.assert_close(w, torch.tensor([e2 / (e2 + 1), 1 / (e2 + 1), 1.0]))
