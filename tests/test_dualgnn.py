@@ -186,7 +186,7 @@ def text_image_data():
     return data
 
 
-@pytest.mark.parametrize("model", ["dualgnn"])
+@pytest.mark.parametrize("model", ["dualgnn", "dragon"])
 def test_pipeline_builds_the_user_graph_from_the_card(project, tmp_path, model):
     from brmrs_pyg import pipeline
 

@@ -7,6 +7,7 @@ from brmrs_pyg.recommenders.bm3 import BM3
 from brmrs_pyg.recommenders.brmrs import BRMRS
 from brmrs_pyg.recommenders.concat import Concat
 from brmrs_pyg.recommenders.decoupled import Decoupled
+from brmrs_pyg.recommenders.dragon import DRAGON
 from brmrs_pyg.recommenders.dualgnn import DualGNN
 from brmrs_pyg.recommenders.freedom import FREEDOM
 from brmrs_pyg.recommenders.lattice import LATTICE
@@ -14,5 +15,5 @@ from brmrs_pyg.recommenders.lightgcn import LightGCN
 from brmrs_pyg.recommenders.mf import MF
 from brmrs_pyg.recommenders.vbpr import VBPR
 
-__all__ = ["BM3", "Concat", "Decoupled", "DualGNN", "FREEDOM", "LATTICE", "MODELS",
+__all__ = ["BM3", "Concat", "DRAGON", "Decoupled", "DualGNN", "FREEDOM", "LATTICE", "MODELS",
            "Batch", "LightGCN", "MF", "Recommender", "VBPR"]
