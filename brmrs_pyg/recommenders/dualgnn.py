@@ -222,9 +222,10 @@ class DualGNN(BranchedRecommender):
 
     Differences from the reference code (MMRec ``src/models/dualgnn.py``): (1) BPR with the
     natural log, where it takes :math:`\log_2` (a constant factor :math:`1/\ln 2` on the BPR
-    term, i.e. :math:`\lambda` scaled by :math:`\ln 2`); (2) the item side is the plain sum of
-    the modalities as in the authors' code, where MMRec's in-place ``+=`` also adds the text
-    representation to the visual one that the user fusion then reads; (3) short neighbour
+    term, i.e. :math:`\lambda` scaled by :math:`\ln 2`); (2) the user fusion reads each
+    modality's own representation, as the authors' code does, where MMRec's in-place ``+=``
+    (building the item sum) turns its visual input into the sum of both, :math:`\alpha_{uv}
+    (\mathbf{U}_v + \mathbf{U}_t) + \alpha_{ut} \mathbf{U}_t`; (3) short neighbour
     lists are not padded (see :class:`UserGraph`); (4) no penalty on the item modality weights,
     which the reference code creates and regularises but never uses. The edge dropping it
     prepares is unused in its forward pass, and absent here.
