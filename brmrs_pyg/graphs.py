@@ -20,7 +20,7 @@ from torch_geometric.utils import softmax as pyg_softmax
 from brmrs_pyg.config import II_RECIPES
 from brmrs_pyg.data.mmrec import InteractionData
 from brmrs_pyg.io import atomic_torch_save
-from brmrs_pyg.nn.sparse import to_adj_t
+from brmrs_pyg.nn.sparse import to_adj_t, to_csr
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +136,14 @@ def _incidence(rows: Tensor, cols: Tensor, shape: tuple[int, int]) -> Tensor:
                                    check_invariants=True).coalesce()
 
 
-def _overlap_rows(incidence: Tensor, start: int, stop: int) -> Tensor:
-    r"""Rows ``start:stop`` of :math:`M M^\top` for a binary sparse :math:`M`: how many
-    columns each of those rows shares with every row, shape :math:`(\text{stop}-\text{start},
-    N)`, without forming the whole product."""
+def _overlap_rows(incidence: Tensor, incidence_csr: Tensor, start: int, stop: int) -> Tensor:
+    r"""Rows ``start:stop`` of :math:`M M^\top` for a binary sparse :math:`M` (given in COO
+    and in CSR): how many columns each of those rows shares with every row, shape
+    :math:`(\text{stop}-\text{start}, N)`, without forming the whole product."""
     block = incidence.index_select(0, torch.arange(start, stop)).to_dense()
-    return torch.sparse.mm(incidence, block.t()).t().contiguous()
+    # the CSR product: about ten times faster on CPU than COO's (Amazon Sports' user graph:
+    # some 25 s instead of 200 s on one thread), the same integer counts
+    return (incidence_csr @ block.t()).t().contiguous()
 
 
 def co_interaction_graph(train: Tensor, num_users: int, num_items: int, k: int,
@@ -159,8 +161,9 @@ def co_interaction_graph(train: Tensor, num_users: int, num_items: int, k: int,
     users, items = train
     ui = _incidence(users, items, (num_users, num_items))
 
-    edge_index, count = chunked_topk(num_users, k, lambda a, b: _overlap_rows(ui, a, b),
-                                     chunk_size)
+    ui_csr = to_csr(ui)
+    edge_index, count = chunked_topk(num_users, k,
+                                     lambda a, b: _overlap_rows(ui, ui_csr, a, b), chunk_size)
     keep = count > 0
     return edge_index[:, keep], count[keep]
 
@@ -211,11 +214,12 @@ def mixed_item_graph(train: Tensor, num_users: int, features: dict[str, Tensor],
     users, items = train
     num_items = next(iter(features.values())).size(0)
     iu = _incidence(items, users, (num_items, num_users))
+    iu_csr = to_csr(iu)
     degree = torch.sparse.sum(iu, dim=1).to_dense()
     normed = [torch.nn.functional.normalize(x.float(), dim=1) for x in features.values()]
 
     def score(start: int, stop: int) -> Tensor:
-        common = _overlap_rows(iu, start, stop)  # (b, I)
+        common = _overlap_rows(iu, iu_csr, start, stop)  # (b, I)
         union = degree[start:stop, None] + degree[None, :] - common
         jaccard = torch.where(union > 0, common / union.clamp_min(1), torch.zeros(()))
         cos = sum(x[start:stop] @ x.T for x in normed) / len(normed)
