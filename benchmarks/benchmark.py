@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def measure(dataset: str, model_spec: str, epochs: int, evals: int, device: str,
-            profile_steps: int, threads: int) -> dict:
+            profile_steps: int, threads: int, steps: int = 0) -> dict:
     import torch
 
     from brmrs_pyg.data.cards import load_card
@@ -64,14 +65,21 @@ def measure(dataset: str, model_spec: str, epochs: int, evals: int, device: str,
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    train_epoch(model, optimizer, edges, index, config.run.batch_size)  # warm-up
+    batch_size = config.run.batch_size
+    if steps:  # `steps` steps on a random subset, scaled to the epoch's number of steps
+        timed, rounds = random_steps(edges, steps, batch_size), 1
+        scale = math.ceil(edges.size(1) / batch_size) / steps
+        train_epoch(model, optimizer, random_steps(edges, 2, batch_size), index, batch_size)
+    else:
+        timed, rounds, scale = edges, epochs, 1.0
+        train_epoch(model, optimizer, edges, index, batch_size)  # warm-up
     sync()
     start, cpu_start = time.perf_counter(), time.process_time()
-    for _ in range(epochs):
-        train_epoch(model, optimizer, edges, index, config.run.batch_size)
+    for _ in range(rounds):
+        train_epoch(model, optimizer, timed, index, batch_size)
     sync()
-    per_epoch = (time.perf_counter() - start) / epochs
-    cpu_per_epoch = (time.process_time() - cpu_start) / epochs
+    per_epoch = (time.perf_counter() - start) / rounds * scale
+    cpu_per_epoch = (time.process_time() - cpu_start) / rounds * scale
     model.eval()
     valid.evaluate(model.scorer())  # warm-up
     sync()
@@ -84,7 +92,7 @@ def measure(dataset: str, model_spec: str, epochs: int, evals: int, device: str,
         "dataset": name, "model": model_spec, "device": str(dev),
         "threads": torch.get_num_threads(), "users": data.num_users, "items": data.num_items,
         "train_interactions": int(data.train.size(1)), "setup_s": setup,
-        "seconds_per_epoch": per_epoch, "cpu_seconds_per_epoch": cpu_per_epoch,
+        "timed_steps": steps or None, "seconds_per_epoch": per_epoch, "cpu_seconds_per_epoch": cpu_per_epoch,
         "seconds_per_eval": per_eval,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_cuda_mb": (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
@@ -92,6 +100,13 @@ def measure(dataset: str, model_spec: str, epochs: int, evals: int, device: str,
         "profile": (profile_training(model, optimizer, edges, index, config.run.batch_size,
                                      profile_steps) if profile_steps else None),
     }
+
+
+def random_steps(edges, steps: int, batch_size: int):
+    r"""A random subset of the training pairs that makes ``steps`` batches."""
+    import torch
+
+    return edges[:, torch.randperm(edges.size(1), device=edges.device)[:steps * batch_size]]
 
 
 def profile_training(model, optimizer, edges, index, batch_size: int, steps: int,
@@ -106,9 +121,8 @@ def profile_training(model, optimizer, edges, index, batch_size: int, steps: int
     activities = [ProfilerActivity.CPU]
     if edges.is_cuda:
         activities.append(ProfilerActivity.CUDA)
-    subset = edges[:, torch.randperm(edges.size(1), device=edges.device)[:steps * batch_size]]
     with profile(activities=activities) as prof:
-        train_epoch(model, optimizer, subset, index, batch_size)
+        train_epoch(model, optimizer, random_steps(edges, steps, batch_size), index, batch_size)
     events = prof.key_averages()
     key = "self_device_time_total" if edges.is_cuda else "self_cpu_time_total"
     total = sum(getattr(e, key) for e in events) or 1.0
@@ -127,6 +141,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["lightgcn"],
                         help="the first model is the baseline of the ratios")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs (after a warm-up)")
+    parser.add_argument("--steps", type=int, default=0, metavar="N",
+                        help="time N training steps on a random subset and scale them to an "
+                             "epoch's number of steps, instead of --epochs whole epochs (for "
+                             "slow models on large data; once-per-epoch work, e.g. a graph "
+                             "rebuilt each epoch, is then counted once per N steps)")
     parser.add_argument("--evals", type=int, default=2, help="timed evaluations")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0,
@@ -139,7 +158,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     if args.one:
         print(json.dumps(measure(*args.one, args.epochs, args.evals, args.device,
-                                 args.profile, args.threads)))
+                                 args.profile, args.threads, args.steps)))
         return
     rows = []
     for dataset in args.datasets:
@@ -147,7 +166,8 @@ def main() -> None:
         for model in args.models:
             cmd = [sys.executable, __file__, "--one", dataset, model, "--epochs",
                    str(args.epochs), "--evals", str(args.evals), "--device", args.device,
-                   "--profile", str(args.profile), "--threads", str(args.threads)]
+                   "--profile", str(args.profile), "--threads", str(args.threads),
+                   "--steps", str(args.steps)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
                 sys.exit(f"benchmark of {model} on {dataset} failed:\n{done.stderr[-3000:]}")
