@@ -9,9 +9,11 @@ from brmrs_pyg.recommenders.concat import Concat
 from brmrs_pyg.recommenders.decoupled import Decoupled
 from brmrs_pyg.recommenders.freedom import FREEDOM
 from brmrs_pyg.recommenders.lattice import LATTICE
+from brmrs_pyg.recommenders.lgmrec import LGMRec
 from brmrs_pyg.recommenders.lightgcn import LightGCN
+from brmrs_pyg.recommenders.mgcn import MGCN
 from brmrs_pyg.recommenders.mf import MF
 from brmrs_pyg.recommenders.vbpr import VBPR
 
-__all__ = ["BM3", "Concat", "Decoupled", "FREEDOM", "LATTICE", "MODELS", "Batch", "LightGCN", "MF",
-           "Recommender", "VBPR"]
+__all__ = ["BM3", "Concat", "Decoupled", "FREEDOM", "LATTICE", "LGMRec", "MODELS", "MGCN", "Batch",
+           "LightGCN", "MF", "Recommender", "VBPR"]
