@@ -303,12 +303,12 @@ def infonce_loss(a: Tensor, b: Tensor, tau: float, symmetric: bool = True,
             :obj:`False` with ``index``. (default: :obj:`True`)
         index (Tensor, optional): Row of ``b`` that is each anchor's positive.
             (default: :obj:`None`, row-aligned views)
-        reduction (str, optional): ``"mean"`` or ``"sum"`` over the anchors.
-            (default: :obj:`"mean"`)
+        reduction (str, optional): ``"mean"`` or ``"sum"`` over the anchors, or ``"none"``
+            (one loss per anchor; one direction only). (default: :obj:`"mean"`)
 
     Shapes:
         - **a**: :math:`(B, d)`; **b**: :math:`(B, d)`, or :math:`(N, d)` with **index**
-          :math:`(B,)`; **output**: scalar.
+          :math:`(B,)`; **output**: scalar, or :math:`(B,)` with ``reduction="none"``.
 
     >>> x = torch.eye(2)
     >>> round(infonce_loss(x, x, tau=1.0).item(), 4)  # -log(e / (e + 1))
@@ -324,8 +324,9 @@ def infonce_loss(a: Tensor, b: Tensor, tau: float, symmetric: bool = True,
                          f"{tuple(b.shape)}, {tuple(index.shape)}, symmetric={symmetric}")
     if tau <= 0:
         raise ValueError(f"tau must be > 0, got {tau}")
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    if reduction not in ("mean", "sum", "none") or (reduction == "none" and symmetric):
+        raise ValueError(f"reduction must be 'mean', 'sum' or (one direction only) 'none', "
+                         f"got {reduction!r} with symmetric={symmetric}")
     logits = F.normalize(a, dim=1) @ F.normalize(b, dim=1).T / tau
     target = torch.arange(a.size(0), device=a.device) if index is None else index
     loss = F.cross_entropy(logits, target, reduction=reduction)

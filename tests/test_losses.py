@@ -364,3 +364,15 @@ def test_infonce_with_index_matches_a_naive_loop_over_the_whole_table():
         infonce_loss(anchors, table, 0.2, index=index)
     with pytest.raises(ValueError, match="reduction"):
         infonce_loss(anchors, anchors, 0.2, reduction="max")
+
+
+def test_infonce_reduction_none_gives_one_loss_per_anchor():
+    gen = torch.Generator().manual_seed(2)
+    anchors, table = torch.randn(3, 4, generator=gen), torch.randn(5, 4, generator=gen)
+    index = torch.tensor([4, 1, 1])
+    each = infonce_loss(anchors, table, 0.5, symmetric=False, index=index, reduction="none")
+    assert each.shape == (3,)
+    total = infonce_loss(anchors, table, 0.5, symmetric=False, index=index, reduction="sum")
+    assert each.sum().item() == pytest.approx(total.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="reduction"):
+        infonce_loss(anchors, anchors, 0.5, reduction="none")

@@ -266,21 +266,29 @@ class LGMRec(BranchedRecommender):
         terms = {"bpr": bpr_loss((u * pos).sum(-1), (u * neg).sum(-1))}
         total = terms["bpr"]
         if p.cl_weight and len(self.modalities) > 1:
-            parts = branch_parts(branches)
-            hcl = []
-            for a, b in combinations(self.modalities, 2):
-                (ua, ia), (ub, ib) = (self._split(parts[f"hyper_{a}"]),
-                                      self._split(parts[f"hyper_{b}"]))
-                hcl.append(infonce_loss(gather(ua, batch.users), ub, p.tau, symmetric=False,
-                                        index=batch.users, reduction="sum"))
-                hcl.append(infonce_loss(gather(ia, batch.pos), ib, p.tau, symmetric=False,
-                                        index=batch.pos, reduction="sum"))
-            terms["hcl"] = torch.stack(hcl).sum()
+            terms["hcl"] = self.hypergraph_contrast(batch, branch_parts(branches))
             total = total + p.cl_weight * terms["hcl"]
         if p.reg_weight:
             terms["reg"] = norm_penalty(u, pos, neg)
             total = total + p.reg_weight * terms["reg"]
         return total, {name: value.detach() for name, value in terms.items()}
+
+    def hypergraph_contrast(self, batch: Batch, parts: dict[str, Tensor]) -> Tensor:
+        r"""The hypergraph contrastive loss of ``batch`` (class docstring), summed over its
+        rows: each distinct user (positive item) is scored once and weighted by its count in
+        the batch, which gives the same sum with fewer rows against the whole table."""
+        users, user_count = batch.users.unique(return_counts=True)
+        items, item_count = batch.pos.unique(return_counts=True)
+        total = []
+        for a, b in combinations(self.modalities, 2):
+            (ua, ia), (ub, ib) = (self._split(parts[f"hyper_{a}"]),
+                                  self._split(parts[f"hyper_{b}"]))
+            for rows, count, anchors, table in ((users, user_count, ua, ub),
+                                                (items, item_count, ia, ib)):
+                loss = infonce_loss(gather(anchors, rows), table, self.params.tau,
+                                    symmetric=False, index=rows, reduction="none")
+                total.append((loss * count).sum())
+        return torch.stack(total).sum()
 
     def __repr__(self) -> str:
         return (f"LGMRec({self.num_users} users, {self.num_items} items, "
