@@ -469,6 +469,44 @@ def user_item_adj_t(pairs: Tensor, num_users: int, num_items: int) -> Tensor:
     return to_adj_t(homo, sym_norm(homo, n), n)
 
 
+def interaction_matrix(pairs: Tensor, num_users: int, num_items: int, norm: str = "sym"
+                       ) -> Tensor:
+    r"""The user-item interaction matrix :math:`\mathbf{R}` of ``pairs`` as a rectangular
+    sparse CSR matrix (users as rows), for aggregating item representations at users
+    (``spmm(R, x_items)``), with the degrees counted in ``pairs``:
+
+    .. math::
+        r_{ui} = \begin{cases} 1/\sqrt{d_u d_i} & \text{sym (LightGCN's weights)} \\
+        1/d_u & \text{mean (average over the user's items)} \\ 1 & \text{none}
+        \end{cases} \quad \text{for each pair } (u, i).
+
+    Args:
+        pairs (Tensor): Distinct training pairs, rows user and item ids.
+        num_users (int): Number of users (rows).
+        num_items (int): Number of items (columns).
+        norm (str, optional): ``"sym"``, ``"mean"`` or ``"none"``. (default: ``"sym"``)
+
+    Shapes:
+        - **pairs**: :math:`(2, E)`; **output**: :math:`(|\mathcal{U}|, |\mathcal{I}|)`.
+
+    >>> interaction_matrix(torch.tensor([[0, 0], [0, 1]]), 1, 2, "mean").to_dense().tolist()
+    [[0.5, 0.5]]
+    """
+    users, items = pairs
+    deg_u = torch.bincount(users, minlength=num_users).float()
+    deg_i = torch.bincount(items, minlength=num_items).float()
+    if norm == "sym":
+        weight = (deg_u[users] * deg_i[items]).rsqrt()
+    elif norm == "mean":
+        weight = deg_u[users].reciprocal()
+    elif norm == "none":
+        weight = torch.ones(users.numel())
+    else:
+        raise ValueError(f"unknown norm {norm!r}; choose one of 'sym', 'mean', 'none'")
+    coo = torch.sparse_coo_tensor(pairs, weight, (num_users, num_items), check_invariants=True)
+    return to_csr(coo.coalesce())
+
+
 def degree_sensitive_sample(edge_weight: Tensor, keep_ratio: float) -> Tensor:
     r"""Degree-sensitive edge pruning of FREEDOM (Zhou & Shen, MM 2023): draws
     :math:`\lfloor |E| \rho \rfloor` distinct edges without replacement, each draw picking an

@@ -272,7 +272,8 @@ def cross_modal_objective(pos: Mapping[str, Tensor], pool: Mapping[str, Tensor],
     return total, {name: value.detach() for name, value in terms.items()}
 
 
-def infonce_loss(a: Tensor, b: Tensor, tau: float, symmetric: bool = True) -> Tensor:
+def infonce_loss(a: Tensor, b: Tensor, tau: float, symmetric: bool = True,
+                 index: Tensor | None = None, reduction: str = "mean") -> Tensor:
     r"""InfoNCE (van den Oord et al., 2018) between two views of the same rows: row
     :math:`b` of ``a`` and row :math:`b` of ``b`` are a positive pair, every other row of
     the other view is a negative. Cosine similarity with temperature :math:`\tau`,
@@ -287,29 +288,50 @@ def infonce_loss(a: Tensor, b: Tensor, tau: float, symmetric: bool = True) -> Te
     The one InfoNCE of the project: models pass the rows they align (e.g. the unique items
     of a batch, so that an item is never its own negative).
 
+    With ``index``, ``b`` is a whole table of candidates instead (e.g. every user, as in
+    LGMRec's hypergraph contrastive loss): the positive of anchor :math:`b` is row
+    :math:`\text{index}_b` of ``b`` and every row of ``b`` is in the denominator,
+    :math:`-\log \frac{\exp(\cos(\mathbf{a}_b, \mathbf{b}_{\text{index}_b}) / \tau)}
+    {\sum_{c=1}^{N} \exp(\cos(\mathbf{a}_b, \mathbf{b}_c) / \tau)}` (one direction only).
+
     Args:
-        a, b (Tensor): The two views, row-aligned.
+        a, b (Tensor): The two views, row-aligned (or ``b`` the candidate table, with
+            ``index``).
         tau (float): Temperature :math:`\tau > 0`.
         symmetric (bool, optional): Average the two directions; otherwise only
-            :math:`\ell(\mathbf{A}, \mathbf{B})` (``a`` are the anchors). (default: :obj:`True`)
+            :math:`\ell(\mathbf{A}, \mathbf{B})` (``a`` are the anchors). Must be
+            :obj:`False` with ``index``. (default: :obj:`True`)
+        index (Tensor, optional): Row of ``b`` that is each anchor's positive.
+            (default: :obj:`None`, row-aligned views)
+        reduction (str, optional): ``"mean"`` or ``"sum"`` over the anchors, or ``"none"``
+            (one loss per anchor; one direction only). (default: :obj:`"mean"`)
 
     Shapes:
-        - **a**, **b**: :math:`(B, d)`; **output**: scalar.
+        - **a**: :math:`(B, d)`; **b**: :math:`(B, d)`, or :math:`(N, d)` with **index**
+          :math:`(B,)`; **output**: scalar, or :math:`(B,)` with ``reduction="none"``.
 
     >>> x = torch.eye(2)
     >>> round(infonce_loss(x, x, tau=1.0).item(), 4)  # -log(e / (e + 1))
     0.3133
     """
-    if a.shape != b.shape or a.dim() != 2:
+    if index is None and (a.shape != b.shape or a.dim() != 2):
         raise ValueError(f"infonce_loss needs two (B, d) views of the same shape, got "
                          f"{tuple(a.shape)} and {tuple(b.shape)}")
+    if index is not None and (a.dim() != 2 or b.dim() != 2 or a.size(1) != b.size(1)
+                              or index.shape != (a.size(0),) or symmetric):
+        raise ValueError(f"infonce_loss with index needs anchors (B, d), candidates (N, d), "
+                         f"index (B,) and symmetric=False, got {tuple(a.shape)}, "
+                         f"{tuple(b.shape)}, {tuple(index.shape)}, symmetric={symmetric}")
     if tau <= 0:
         raise ValueError(f"tau must be > 0, got {tau}")
+    if reduction not in ("mean", "sum", "none") or (reduction == "none" and symmetric):
+        raise ValueError(f"reduction must be 'mean', 'sum' or (one direction only) 'none', "
+                         f"got {reduction!r} with symmetric={symmetric}")
     logits = F.normalize(a, dim=1) @ F.normalize(b, dim=1).T / tau
-    target = torch.arange(a.size(0), device=a.device)
-    loss = F.cross_entropy(logits, target)
+    target = torch.arange(a.size(0), device=a.device) if index is None else index
+    loss = F.cross_entropy(logits, target, reduction=reduction)
     if symmetric:
-        loss = (loss + F.cross_entropy(logits.T, target)) / 2
+        loss = (loss + F.cross_entropy(logits.T, target, reduction=reduction)) / 2
     return loss
 
 

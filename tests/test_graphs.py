@@ -271,3 +271,17 @@ def test_neighbour_softmax_by_hand():
     w = neighbour_softmax(edge_index, torch.tensor([2.0, 0.0, 3.0]), 3)
     e2 = math.exp(2.0)
     torch.testing.assert_close(w, torch.tensor([e2 / (e2 + 1), 1 / (e2 + 1), 1.0]))
+
+
+def test_interaction_matrix_weights_match_the_degrees():
+    from brmrs_pyg.graphs import interaction_matrix
+    pairs = torch.tensor([[0, 0, 1, 2, 2, 2], [0, 1, 1, 0, 1, 3]])
+    dense = torch.zeros(3, 4)
+    dense[pairs[0], pairs[1]] = 1.0
+    deg_u, deg_i = dense.sum(1, keepdim=True), dense.sum(0, keepdim=True)
+    sym = torch.where(dense > 0, dense / (deg_u * deg_i).sqrt(), torch.zeros(()))
+    torch.testing.assert_close(interaction_matrix(pairs, 3, 4).to_dense(), sym)
+    torch.testing.assert_close(interaction_matrix(pairs, 3, 4, "mean").to_dense(), dense / deg_u)
+    torch.testing.assert_close(interaction_matrix(pairs, 3, 4, "none").to_dense(), dense)
+    with pytest.raises(ValueError, match="norm"):
+        interaction_matrix(pairs, 3, 4, "rw")

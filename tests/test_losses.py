@@ -345,3 +345,34 @@ def test_orthogonality_hand_value_bounds_and_scale():
     assert orthogonality_loss(v @ torch.tensor([[1.0, 2.0]]), -v).item() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="same rows"):
         orthogonality_loss(s, p[:1])
+
+
+def test_infonce_with_index_matches_a_naive_loop_over_the_whole_table():
+    gen = torch.Generator().manual_seed(1)
+    anchors, table = torch.randn(4, 3, generator=gen), torch.randn(6, 3, generator=gen)
+    index = torch.tensor([2, 0, 2, 5])
+    expected = 0.0
+    for r in range(4):
+        sims = [torch.nn.functional.cosine_similarity(anchors[r], table[c], dim=0).item() / 0.2
+                for c in range(6)]
+        expected += -(sims[int(index[r])] - math.log(sum(math.exp(x) for x in sims)))
+    got = infonce_loss(anchors, table, 0.2, symmetric=False, index=index, reduction="sum")
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    mean = infonce_loss(anchors, table, 0.2, symmetric=False, index=index)
+    assert mean.item() == pytest.approx(expected / 4, rel=1e-5)
+    with pytest.raises(ValueError, match="symmetric=False"):
+        infonce_loss(anchors, table, 0.2, index=index)
+    with pytest.raises(ValueError, match="reduction"):
+        infonce_loss(anchors, anchors, 0.2, reduction="max")
+
+
+def test_infonce_reduction_none_gives_one_loss_per_anchor():
+    gen = torch.Generator().manual_seed(2)
+    anchors, table = torch.randn(3, 4, generator=gen), torch.randn(5, 4, generator=gen)
+    index = torch.tensor([4, 1, 1])
+    each = infonce_loss(anchors, table, 0.5, symmetric=False, index=index, reduction="none")
+    assert each.shape == (3,)
+    total = infonce_loss(anchors, table, 0.5, symmetric=False, index=index, reduction="sum")
+    assert each.sum().item() == pytest.approx(total.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="reduction"):
+        infonce_loss(anchors, anchors, 0.5, reduction="none")

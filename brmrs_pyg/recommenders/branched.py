@@ -54,6 +54,33 @@ class PluginParams(CrossModalParams):
                                  reference_grad=self.syn_ref_grad)
 
 
+class BranchesWithParts(dict[str, tuple[Tensor, Tensor]]):
+    r"""The branches of one forward pass (its keys and values, as :meth:`BranchedRecommender.
+    branches` returns them) plus named intermediate representations of the same pass that
+    the model's own loss needs, e.g. the views a contrastive term aligns (:attr:`parts`).
+    One forward then serves the loss and the plug-in; the parts are not keys, so the
+    plug-in and the branch scorers see the branches alone.
+
+    Args:
+        branches (dict): The branches, ``{name: (user_emb, item_emb)}``.
+        parts (dict): The intermediate representations, ``{name: tensor}``.
+    """
+
+    def __init__(self, branches: Mapping[str, tuple[Tensor, Tensor]],
+                 parts: Mapping[str, Tensor]) -> None:
+        super().__init__(branches)
+        self.parts = dict(parts)
+
+
+def branch_parts(branches: Branches) -> dict[str, Tensor]:
+    r"""The :attr:`BranchesWithParts.parts` of ``branches``; raises ``TypeError`` for plain
+    branches (not from a forward that kept its parts)."""
+    if not isinstance(branches, BranchesWithParts):
+        raise TypeError("these branches carry no intermediate parts: pass what the model's "
+                        "branches() returned for this step")
+    return branches.parts
+
+
 def branch_modalities(features: Mapping[str, Tensor], model: str) -> list[str]:
     r"""The modality names of a branched ``model``'s ``features``, checked: at least one, and
     none named ``"fused"`` (the name of the fused branch)."""
