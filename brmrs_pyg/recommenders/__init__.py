@@ -8,10 +8,12 @@ from brmrs_pyg.recommenders.brmrs import BRMRS
 from brmrs_pyg.recommenders.concat import Concat
 from brmrs_pyg.recommenders.decoupled import Decoupled
 from brmrs_pyg.recommenders.freedom import FREEDOM
+from brmrs_pyg.recommenders.grcn import GRCN
 from brmrs_pyg.recommenders.lattice import LATTICE
 from brmrs_pyg.recommenders.lightgcn import LightGCN
 from brmrs_pyg.recommenders.mf import MF
+from brmrs_pyg.recommenders.mmgcn import MMGCN
 from brmrs_pyg.recommenders.vbpr import VBPR
 
-__all__ = ["BM3", "Concat", "Decoupled", "FREEDOM", "LATTICE", "MODELS", "Batch", "LightGCN", "MF",
-           "Recommender", "VBPR"]
+__all__ = ["BM3", "Concat", "Decoupled", "FREEDOM", "GRCN", "LATTICE", "MMGCN", "MODELS", "Batch",
+           "LightGCN", "MF", "Recommender", "VBPR"]
