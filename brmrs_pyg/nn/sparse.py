@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.utils.weak import WeakTensorKeyDictionary
+from torch_geometric.utils import softmax
 
 _TRANSPOSES = WeakTensorKeyDictionary()
 
@@ -153,7 +154,6 @@ class EdgeGraph(torch.nn.Module):
         Shapes:
             - **score**: :math:`(E,)`; **output**: :math:`(E,)`.
         """
-        from torch_geometric.utils import softmax
         return softmax(score, ptr=self.crow)
 
     def sampled(self, a: Tensor, b: Tensor) -> Tensor:
