@@ -62,6 +62,25 @@ def norm_penalty(*tables: Tensor) -> Tensor:
     return torch.stack([t.norm() for t in tables]).sum() / tables[-1].size(0)
 
 
+def mean_square(*embeddings: Tensor) -> Tensor:
+    r"""Sum over the given tensors of the mean of their squared entries: the penalty of the
+    MMGCN and GRCN reference code (the batch's ID embeddings and user preferences),
+
+    .. math::
+        \mathcal{R} = \sum_{E} \frac{1}{|E|} \sum_{e \in E} e^2,
+
+    where :math:`|E|` counts the entries of :math:`E`. Unlike :func:`l2_reg` every tensor is
+    averaged over its own entries, so the width of the embedding does not scale it.
+
+    Shapes:
+        - **embeddings**: any shapes; **output**: scalar.
+
+    >>> mean_square(torch.tensor([[1.0, 3.0]]), torch.tensor([2.0]))
+    tensor(9.)
+    """
+    return torch.stack([e.pow(2).mean() for e in embeddings]).sum()
+
+
 def bootstrap_loss(online: Tensor, target: Tensor) -> Tensor:
     r"""Negative-free bootstrap alignment (BYOL, Grill et al., NeurIPS 2020; used by BM3, Zhou
     et al., WWW 2023): one minus the mean cosine similarity between each online

@@ -293,6 +293,14 @@ def test_norm_penalty_is_the_sum_of_table_norms_over_the_last_tables_rows():
     torch.testing.assert_close(norm_penalty(a, b), torch.tensor(8.0 / 4))
 
 
+
+def test_mean_square_averages_each_tensor_over_its_own_entries():
+    from brmrs_pyg.losses import mean_square
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])   # squares 1, 4, 9, 16: mean 7.5
+    b = torch.tensor([[2.0, 0.0, 0.0]])           # squares 4, 0, 0: mean 4/3
+    torch.testing.assert_close(mean_square(a, b), torch.tensor(7.5 + 4 / 3))
+    torch.testing.assert_close(mean_square(b), torch.tensor(4 / 3))
+
 # --- InfoNCE and orthogonality -------------------------------------------------------------
 
 def naive_infonce(a, b, tau):

@@ -10,12 +10,14 @@ from brmrs_pyg.recommenders.decoupled import Decoupled
 from brmrs_pyg.recommenders.dragon import DRAGON
 from brmrs_pyg.recommenders.dualgnn import DualGNN
 from brmrs_pyg.recommenders.freedom import FREEDOM
+from brmrs_pyg.recommenders.grcn import GRCN
 from brmrs_pyg.recommenders.lattice import LATTICE
 from brmrs_pyg.recommenders.lgmrec import LGMRec
 from brmrs_pyg.recommenders.lightgcn import LightGCN
 from brmrs_pyg.recommenders.mgcn import MGCN
 from brmrs_pyg.recommenders.mf import MF
+from brmrs_pyg.recommenders.mmgcn import MMGCN
 from brmrs_pyg.recommenders.vbpr import VBPR
 
-__all__ = ["BM3", "Concat", "DRAGON", "Decoupled", "DualGNN", "FREEDOM", "LATTICE", "LGMRec",
-           "MGCN", "MODELS", "Batch", "LightGCN", "MF", "Recommender", "VBPR"]
+__all__ = ["BM3", "Concat", "DRAGON", "Decoupled", "DualGNN", "FREEDOM", "GRCN", "LATTICE",
+           "LGMRec", "MGCN", "MMGCN", "MODELS", "Batch", "LightGCN", "MF", "Recommender", "VBPR"]
