@@ -441,7 +441,7 @@ def knn_adjacency(x: Tensor, k: int, weighted: bool) -> tuple[Tensor, Tensor]:
         sending to the node.
 
     >>> x = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0]])
-    >>> knn_adjacency(x, 2, weighted=False)[1].tolist()
+    >>> [round(w, 4) for w in knn_adjacency(x, 2, weighted=False)[1].tolist()]
     [0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
     """
     edge_index, _ = knn_graph(x.detach(), k, include_self=True)

@@ -48,7 +48,7 @@ def modality_weights(spec: str, modalities: list[str]) -> dict[str, float]:
     r"""Parses ``mm_weights``: ``'name=w,...'``; modalities not named share
     :math:`\max(0, 1 - \sum w)` equally; the weights are then scaled to sum to 1.
 
-    >>> modality_weights("text=0.9", ["text", "image"])
+    >>> {m: round(w, 4) for m, w in modality_weights("text=0.9", ["text", "image"]).items()}
     {'text': 0.9, 'image': 0.1}
     """
     named: dict[str, float] = {}
