@@ -285,3 +285,22 @@ def test_interaction_matrix_weights_match_the_degrees():
     torch.testing.assert_close(interaction_matrix(pairs, 3, 4, "none").to_dense(), dense)
     with pytest.raises(ValueError, match="norm"):
         interaction_matrix(pairs, 3, 4, "rw")
+
+
+def test_weighted_knn_adjacency_in_edge_blocks_matches_one_block(monkeypatch):
+    import brmrs_pyg.graphs as graphs
+    x = torch.randn(30, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    whole = graphs.knn_adjacency(x, 4, weighted=True)
+    (grad_whole,) = torch.autograd.grad(whole[1].square().sum(), x)
+    monkeypatch.setattr(graphs, "EDGE_BLOCK_FLOATS", 8 * 7)  # blocks of 7 edges
+    blocks = graphs.knn_adjacency(x, 4, weighted=True)
+    (grad_blocks,) = torch.autograd.grad(blocks[1].square().sum(), x)
+    assert torch.equal(whole[0], blocks[0])
+    torch.testing.assert_close(whole[1], blocks[1])
+    torch.testing.assert_close(grad_whole, grad_blocks)
+    # against the definition: clamped cosine, D^-1/2 A D^-1/2 over the same edges
+    xn = torch.nn.functional.normalize(x.detach(), dim=1)
+    sim = (xn[whole[0][0]] * xn[whole[0][1]]).sum(-1).clamp_min(0)
+    deg = torch.zeros(30).index_add_(0, whole[0][1], sim)
+    expected = sim / (deg[whole[0][0]] * deg[whole[0][1]]).sqrt()
+    torch.testing.assert_close(blocks[1].detach(), expected)
