@@ -113,7 +113,6 @@ def profile_training(model, optimizer, edges, index, batch_size: int, steps: int
                      top: int = 12) -> list[dict]:
     r"""``steps`` training steps under ``torch.profiler``: the ``top`` operators by self time
     (forward and backward), with their share of the total."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     from brmrs_pyg.train import train_epoch

@@ -17,8 +17,6 @@ import io
 import itertools
 import logging
 import os
-import string
-import zipfile
 from pathlib import Path
 
 import numpy as np

@@ -19,5 +19,6 @@ from brmrs_pyg.recommenders.mf import MF
 from brmrs_pyg.recommenders.mmgcn import MMGCN
 from brmrs_pyg.recommenders.vbpr import VBPR
 
-__all__ = ["BM3", "Concat", "DRAGON", "Decoupled", "DualGNN", "FREEDOM", "GRCN", "LATTICE",
-           "LGMRec", "MGCN", "MMGCN", "MODELS", "Batch", "LightGCN", "MF", "Recommender", "VBPR"]
+__all__ = ["BM3", "BRMRS", "Concat", "DRAGON", "Decoupled", "DualGNN", "FREEDOM", "GRCN",
+           "LATTICE", "LGMRec", "MGCN", "MMGCN", "MODELS", "Batch", "LightGCN", "MF", "Recommender",
+           "VBPR"]
