@@ -6,9 +6,8 @@ import torch
 
 from brmrs_pyg.config import ConfigError
 from brmrs_pyg.graphs import UU, GraphSpec
-from brmrs_pyg.losses import bpr_loss
 from brmrs_pyg.recommenders import MODELS, Batch
-from brmrs_pyg.recommenders.branched import FUSED, PluginParams
+from brmrs_pyg.recommenders.branched import FUSED
 from brmrs_pyg.recommenders.dragon import DRAGON, DRAGONParams
 from tests.test_dualgnn import dense_modality_gcn, dense_user_graph
 from tests.tiny_models import build_model, tiny_data
@@ -83,37 +82,7 @@ def test_branches_are_modality_blocks_whose_scores_sum_to_the_fused_score():
                                           if m != FUSED))
 
 
-def test_loss_is_bpr_plus_preference_penalty_on_column_zero():
-    model, _ = build(reg_weight=0.2)
-    users, pos = torch.tensor([0, 2, 4]), torch.tensor([1, 3, 2])
-    batch = Batch(users, pos, torch.tensor([[4], [0], [5]]))
-    total, terms = model.loss(batch)
-    user, item = model()
-    u = user[users]
-    bpr = bpr_loss((u * item[pos]).sum(-1), (u * item[batch.neg[:, 0]]).sum(-1))
-    reg = (model.gcn.preference["m0"][users].pow(2).mean()
-           + model.gcn.preference["m1"][users].pow(2).mean() + model.alpha.pow(2).mean())
-    torch.testing.assert_close(total, bpr + 0.2 * reg)
-    assert set(terms) == {"bpr", "reg"}
-    wide = Batch(users, pos, torch.tensor([[4, 1, 2], [0, 5, 1], [5, 0, 0]]))
-    torch.testing.assert_close(model.loss(wide)[0], total)
-    total.backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
-
-
-def test_plugin_adds_its_terms_and_reaches_every_modality():
-    model, _ = build()
-    model.attach_plugin(PluginParams(pool_size=3))
-    assert model.num_negatives == 3
-    batch = Batch(torch.tensor([0, 2, 4]), torch.tensor([1, 3, 2]),
-                  torch.tensor([[4, 1, 2], [0, 5, 1], [5, 0, 3]]))
-    total, terms = model.loss(batch)
-    assert {"bpr", "reg", "chns", "syn"} <= set(terms)
-    total.backward()
-    for m in ("m0", "m1"):
-        assert model.gcn.preference[m].grad.abs().sum() > 0
-        assert model.gcn.mlp[m][2].weight.grad.abs().sum() > 0
+# the objective and the plug-in, shared with DualGNN, are tested on both in test_dualgnn.py
 
 
 def test_validation_and_missing_user_graph():

@@ -135,8 +135,21 @@ def test_fusion_and_user_graph_give_the_final_scores():
     torch.testing.assert_close(alpha.sum(1), torch.ones(5))
 
 
-def test_loss_is_bpr_plus_preference_penalty_on_column_zero():
-    model, _ = build(reg_weight=0.3)
+def build_dragon(**overrides):
+    from brmrs_pyg.recommenders.dragon import DRAGON
+    overrides.setdefault("mm_weights", "m0=0.9")
+    return build_model(DRAGON, None, UU_SPEC, **overrides)
+
+
+#: DualGNN and DRAGON share their objective (bpr_with_preference_penalty); the loss and
+#: plug-in tests run on both: (builder, reg_weight, index of the MLP layer checked)
+SHARED_LOSS = [pytest.param(build, 0.3, 0, id="dualgnn"),
+               pytest.param(build_dragon, 0.2, 2, id="dragon")]
+
+
+@pytest.mark.parametrize("make, weight, layer", SHARED_LOSS)
+def test_loss_is_bpr_plus_preference_penalty_on_column_zero(make, weight, layer):
+    model, _ = make(reg_weight=weight)
     users, pos = torch.tensor([0, 2, 4]), torch.tensor([1, 3, 2])
     batch = Batch(users, pos, torch.tensor([[4], [0], [5]]))
     total, terms = model.loss(batch)
@@ -145,7 +158,7 @@ def test_loss_is_bpr_plus_preference_penalty_on_column_zero():
     bpr = bpr_loss((u * item[pos]).sum(-1), (u * item[batch.neg[:, 0]]).sum(-1))
     reg = (model.gcn.preference["m0"][users].pow(2).mean()
            + model.gcn.preference["m1"][users].pow(2).mean() + model.alpha.pow(2).mean())
-    torch.testing.assert_close(total, bpr + 0.3 * reg)
+    torch.testing.assert_close(total, bpr + weight * reg)
     assert set(terms) == {"bpr", "reg"}
     # extra negative columns (a plug-in's pool) change nothing
     wide = Batch(users, pos, torch.tensor([[4, 1, 2], [0, 5, 1], [5, 0, 0]]))
@@ -155,8 +168,9 @@ def test_loss_is_bpr_plus_preference_penalty_on_column_zero():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-def test_plugin_adds_its_terms_and_reaches_every_modality():
-    model, _ = build()
+@pytest.mark.parametrize("make, weight, layer", SHARED_LOSS)
+def test_plugin_adds_its_terms_and_reaches_every_modality(make, weight, layer):
+    model, _ = make()
     model.attach_plugin(PluginParams(pool_size=3))
     assert model.num_negatives == 3
     batch = Batch(torch.tensor([0, 2, 4]), torch.tensor([1, 3, 2]),
@@ -166,7 +180,7 @@ def test_plugin_adds_its_terms_and_reaches_every_modality():
     total.backward()
     for m in ("m0", "m1"):
         assert model.gcn.preference[m].grad.abs().sum() > 0
-        assert model.gcn.mlp[m][0].weight.grad.abs().sum() > 0
+        assert model.gcn.mlp[m][layer].weight.grad.abs().sum() > 0
 
 
 def test_validation_and_missing_user_graph():
