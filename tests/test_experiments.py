@@ -230,8 +230,8 @@ def run_suite(project, tmp_path, *args):
                 root=project)
 
 
+@pytest.mark.needs_extra("plots")
 def test_ablation_suite_end_to_end_via_the_cli(project, tmp_path, count_runs):
-    pytest.importorskip("matplotlib")
     assert run_suite(project, tmp_path, "ablation", "--seeds", "3", "4", "--epochs", "1") == 0
     assert len(count_runs) == 8
     out = tmp_path / "suite"
@@ -281,9 +281,9 @@ def fake_run(tmp_path, results_of):
     return run
 
 
+@pytest.mark.needs_extra("plots")
 def test_main_suite_compares_brmrs_with_the_best_other_model_by_valid(project, tmp_path,
                                                                       monkeypatch):
-    pytest.importorskip("matplotlib")
     scores = {"lightgcn": (0.5, 0.1), "bpr": (0.3, 0.9), "brmrs": (0.6, 0.6)}
     monkeypatch.setattr(Runner, "run", fake_run(tmp_path,
                                                 lambda v, s: fake_results(*scores[v.model])))
@@ -300,8 +300,8 @@ def test_main_suite_compares_brmrs_with_the_best_other_model_by_valid(project, t
     assert "no_such_model" not in (tmp_path / "suite" / "table.md").read_text()
 
 
+@pytest.mark.needs_extra("plots")
 def test_testbed_suites_tabulate_and_plot_the_diagnostics(project, tmp_path, monkeypatch):
-    pytest.importorskip("matplotlib")
     monkeypatch.setattr(Runner, "run", fake_run(tmp_path,
                                                 lambda v, s: fake_results(0.3, 0.2 + 0.01 * s)))
     classes = ("redundant", "degraded", "text_unique", "image_unique", "synergy", "all_fail")
