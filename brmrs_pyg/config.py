@@ -7,12 +7,13 @@ A configuration is resolved once, in layers, each overriding the one before:
 
 Every key is a field of :class:`RunConfig` or of the chosen model's ``Params`` dataclass.
 An unknown key or a value of the wrong type raises :class:`ConfigError`, naming where the
-key came from and listing the valid keys. Components never receive the config object: the
-pipeline unpacks it into their explicit arguments.
+key came from, suggesting the closest valid key and listing them all. Components never
+receive the config object: the pipeline unpacks it into their explicit arguments.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -173,9 +174,11 @@ def resolve(layers: Sequence[tuple[str, Mapping[str, Any]]], params_cls: type,
                     sources[key] = source
                     break
             else:
-                valid = ", ".join(sorted(run_types) + sorted(model_types)
-                                  + sorted(plugin_types))
-                raise ConfigError(f"unknown key {key!r} ({source}); valid keys: {valid}")
+                keys = sorted(run_types) + sorted(model_types) + sorted(plugin_types)
+                close = difflib.get_close_matches(str(key), keys, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ConfigError(f"unknown key {key!r} ({source}); {hint}valid keys: "
+                                  f"{', '.join(keys)}")
     run = RunConfig(**values["run"])
     if not run.plugin and values["plugin"]:
         key = sorted(values["plugin"])[0]

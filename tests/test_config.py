@@ -3,6 +3,7 @@ from dataclasses import dataclass
 import pytest
 
 from brmrs_pyg.config import ConfigError, RunConfig, coerce, option, resolve
+from brmrs_pyg.recommenders.branched import CrossModalParams
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,20 @@ def test_layers_override_in_order():
 def test_unknown_key_lists_valid_keys():
     with pytest.raises(ConfigError, match=r"unknown key 'lerning_rate' \(cli\).*lr.*num_layers"):
         resolve([("cli", {"lerning_rate": "0.1"})], Params)
+
+
+@pytest.mark.parametrize("key,close", [("num_layer", "num_layers"), ("reg_wieght", "reg_weight"),
+                                       ("batchsize", "batch_size"), ("lamda_h", "lambda_h")])
+def test_unknown_key_suggests_the_closest_valid_key(key, close):
+    with pytest.raises(ConfigError, match=rf"unknown key '{key}' \(cli\); did you mean "
+                                          rf"'{close}'\? valid keys: .*num_layers"):
+        resolve([("cli", {key: "1"})], Params, CrossModalParams)
+
+
+def test_unknown_key_far_from_every_key_has_no_suggestion():
+    with pytest.raises(ConfigError) as info:
+        resolve([("cli", {"zzzz": "1"})], Params)
+    assert "did you mean" not in str(info.value) and "valid keys: " in str(info.value)
 
 
 @pytest.mark.parametrize("key,value", [("epochs", "ten"), ("lr", "fast"), ("save_topk", "maybe"),
