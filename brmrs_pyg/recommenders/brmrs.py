@@ -39,7 +39,7 @@ class BRMRSParams(CrossModalParams):
     hard_negatives: str = option("chns", "who picks the hard negatives of every modality: "
                                          "'chns' (the other modalities), 'fused', a modality's "
                                          "name, or 'uniform' (no hard negatives)")
-    reg_weight: float = option(1e-3, "weight of the L2 penalty on the batch's ID embeddings")
+    reg_weight: float = option(1e-2, "weight of the L2 penalty on the batch's ID embeddings")
 
     def __post_init__(self) -> None:
         super().__post_init__()
