@@ -136,6 +136,11 @@ def test_graph_ablation_switches():
     base = build(data)
     assert torch.allclose(with_uu.branches()["m0"][1], base.branches()["m0"][1])
     assert not torch.allclose(with_uu.branches()["m0"][0], base.branches()["m0"][0])
+    # the ii_layers propagate the user-user graph: without them it would be built for nothing
+    with pytest.raises(ConfigError, match="uu_k > 0 .* ii_layers=0: set ii_layers >= 1, or "
+                                          "uu_k=0"):
+        build(data, spec=GraphSpec(knn_k=2, uu_k=2), ii_layers=0)
+    assert not build(data, ii_layers=0).channels.ii  # no user-user graph: ii_layers=0 is fine
 
 
 def test_lambda_h_zero_needs_one_negative_and_one_modality_is_refused_for_chns():

@@ -126,6 +126,10 @@ class BRMRS(BranchedRecommender):
         prepared = {m: prepare_features(x, params.feature_dim) for m, x in features.items()}
         graphs = ChannelGraphs.from_graph(graph, list(features), params.ui_graph,
                                           params.ii_graphs)
+        if graphs.uu is not None and params.ii_layers == 0:
+            # the ii_layers propagate the user-user graph too: without them it would be unused
+            raise ConfigError("uu_k > 0 builds a user-user graph that BR-MRS propagates with "
+                              "ii_layers, and ii_layers=0: set ii_layers >= 1, or uu_k=0")
         return cls(graph["user"].num_nodes, embedding_dim, prepared, graphs, params)
 
     def reset_parameters(self) -> None:
