@@ -50,12 +50,12 @@ import torch
 from torch import Tensor
 
 from brmrs_pyg.config import Config
-from brmrs_pyg.data.cards import load_card
 from brmrs_pyg.data.mmrec import InteractionData
 from brmrs_pyg.data.synthetic import TYPES, GroundTruth, read_ground_truth
 from brmrs_pyg.interactions import PairIndex
 from brmrs_pyg.io import atomic_write_json
-from brmrs_pyg.pipeline import Paths, build_model, data_dir_of, load_config, load_data
+from brmrs_pyg.pipeline import (Paths, build_model, card_of, data_dir_of, load_config,
+                                load_data)
 from brmrs_pyg.recommenders.base import gather, row_scores
 from brmrs_pyg.recommenders.brmrs import FUSED
 from brmrs_pyg.sampling import hardest_in_pool, sample_negatives
@@ -272,7 +272,7 @@ def analyze_run(run_dir: Path, paths: Paths, ks: tuple[int, ...] = (10, 20),
     config, weights = load_run(run_dir, paths)
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
-    data = load_data(load_card(config.run.dataset, paths.dataset_cards), config, paths)
+    data = load_data(card_of(config, paths), config, paths)
     model = build_model(config, data, torch.device("cpu"))
     branches_of: Any = getattr(model, "branches", None)
     if not callable(branches_of):

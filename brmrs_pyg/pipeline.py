@@ -20,7 +20,8 @@ import yaml
 from brmrs_pyg import __version__
 from brmrs_pyg.checkpoint import check_config, check_data, read_training_checkpoint
 from brmrs_pyg.config import Config, ConfigError, RunConfig, resolve
-from brmrs_pyg.data.cards import DatasetCard, load_card
+from brmrs_pyg.data.cards import DatasetCard
+from brmrs_pyg.data.folder import dataset_card
 from brmrs_pyg.data.mmrec import InteractionData, load_dataset
 from brmrs_pyg.data.synthetic import (SyntheticSpec, ensure_generated, overrides_tag,
                                       parse_generator_overrides)
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: Per-user metrics every run saves in ``per_user.npz`` (for paired tests between runs).
 PER_USER_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+#: The card a run on a folder without a card inferred, saved in its output folder.
+INFERRED_CARD = "dataset_card.yaml"
 
 
 @dataclass(frozen=True)
@@ -67,14 +70,23 @@ def model_card_defaults(name: str, paths: Paths) -> tuple[Path, dict[str, Any]]:
 def load_config(paths: Paths, overrides: Sequence[tuple[str, Mapping[str, Any]]]) -> Config:
     r"""Resolves a run's config: defaults <- dataset card ``config:`` <- model card
     ``defaults:`` <- ``overrides`` (``(source, {key: value})`` in increasing priority, where
-    ``dataset`` and ``model`` are found too)."""
+    ``dataset``, ``data_dir`` and ``model`` are found too).
+
+    A ``data_dir`` without a ``dataset`` names the dataset after the folder's ``*.inter``
+    file, never the default dataset; a dataset without a card is read from ``data_dir`` as
+    an MMRec folder (:func:`~brmrs_pyg.data.folder.dataset_card`)."""
     chosen: dict[str, Any] = {}
     for _, layer in overrides:
-        chosen.update({k: layer[k] for k in ("dataset", "model") if k in layer})
-    dataset = str(chosen.get("dataset", RunConfig.dataset))
+        chosen.update({k: layer[k] for k in ("dataset", "model", "data_dir") if k in layer})
     model = str(chosen.get("model", RunConfig.model))
     model_cls = MODELS.get(model)
-    card = load_card(dataset, paths.dataset_cards)
+    data_dir = str(chosen.get("data_dir") or "")
+    if "dataset" in chosen or not data_dir:
+        card = dataset_card(str(chosen.get("dataset", RunConfig.dataset)), data_dir,
+                            paths.dataset_cards)
+    else:
+        card = dataset_card(None, data_dir, paths.dataset_cards)
+        overrides = [(f"the *.inter file of {data_dir}", {"dataset": card.name}), *overrides]
     card_path, model_defaults = model_card_defaults(model, paths)
     config = resolve([(f"dataset card {card.path}", card.config),
                       (f"model card {card_path}", model_defaults), *overrides],
@@ -167,9 +179,17 @@ def out_dir_of(config: Config, paths: Paths) -> Path:
     return paths.root / "runs" / f"{run.dataset}-{run.model}-s{run.seed}-{stamp}"
 
 
+def card_of(config: Config, paths: Paths) -> DatasetCard:
+    r"""The dataset card of a resolved config (a card file, or inferred from ``data_dir``)."""
+    return dataset_card(config.run.dataset, config.run.data_dir, paths.dataset_cards)
+
+
 def load_data(card: DatasetCard, config: Config, paths: Paths) -> InteractionData:
     r"""Reads the dataset, generating it first when its card has a ``generator`` (with the
-    run's ``generator`` overrides applied over it)."""
+    run's ``generator`` overrides applied over it).
+
+    A model that uses no item features (``uses_features``) reads none unless ``modalities``
+    names some, so LightGCN runs on a folder that holds only the interactions."""
     overrides = parse_generator_overrides(config.run.generator)
     if overrides and card.generator is None:
         raise ConfigError(f"generator={config.run.generator!r}: dataset {card.name!r} is not "
@@ -179,7 +199,14 @@ def load_data(card: DatasetCard, config: Config, paths: Paths) -> InteractionDat
         spec = SyntheticSpec.from_card({**card.generator, **overrides}, card.path)
         ensure_generated(spec, data_dir, card.inter,
                          {m.name: str(m.file) for m in card.modalities})
-    return load_dataset(card, data_dir, config.run.modalities, cache_dir_of(config))
+    if card.inferred_from is not None:
+        log.info("no dataset card %s: read %s as an MMRec folder, inferred card:\n%s",
+                 paths.dataset_cards / f"{card.name}.yaml", data_dir, card.to_yaml().rstrip())
+        for note in card.notes:
+            log.info("note: %s", note)
+    features = bool(config.run.modalities) or MODELS.get(config.run.model).uses_features
+    return load_dataset(card, data_dir, config.run.modalities, cache_dir_of(config),
+                        with_features=features)
 
 
 def build_model(config: Config, data: InteractionData, device: torch.device) -> Recommender:
@@ -191,6 +218,11 @@ def build_model(config: Config, data: InteractionData, device: torch.device) -> 
     if run.ii_recipe != "cosine" and not model_cls.uses_item_graphs:
         raise ConfigError(f"ii_recipe={run.ii_recipe}: model {run.model} does not use "
                           "item-item graphs")
+    if model_cls.uses_features and not data.features:
+        raise ConfigError(f"model {run.model} needs item features, and dataset {data.name!r} "
+                          "has no modality (only its interactions file); models that use none: "
+                          + ", ".join(n for n in MODELS.names()
+                                      if not MODELS.get(n).uses_features))
     spec = GraphSpec(knn_k=run.knn_k, ii_recipe=run.ii_recipe, ii_mix=run.ii_mix,
                      uu_k=run.uu_k)
     graph = load_or_build_graph(data, spec, cache_dir_of(config))
@@ -224,12 +256,13 @@ def run(config: Config, paths: Paths, out_dir: Path,
     after the checkpoint's epoch; the dataset must be the one the run was trained on.
     """
     run_cfg = config.run
+    check_out_dir(out_dir, resume is not None)
     if run_cfg.threads:
         torch.set_num_threads(run_cfg.threads)
     with deterministic_algorithms(run_cfg.deterministic):
         seed_everything(run_cfg.seed)
         device = resolve_device(run_cfg.device)
-        card = load_card(run_cfg.dataset, paths.dataset_cards)
+        card = card_of(config, paths)
         data = load_data(card, config, paths)
         fingerprint = data.fingerprint()
         if resume is not None:
@@ -241,9 +274,27 @@ def run(config: Config, paths: Paths, out_dir: Path,
         out_dir.mkdir(parents=True, exist_ok=True)
         with log_to_file(out_dir / "train.log"):
             log.info("output folder %s", out_dir)
+            if card.inferred_from is not None:
+                atomic_write_text(out_dir / INFERRED_CARD, card.to_yaml())
+                log.info("inferred dataset card saved as %s (copy it to %s to name the "
+                         "dataset and pin its files)", out_dir / INFERRED_CARD,
+                         paths.dataset_cards / f"{card.name}.yaml")
             checkpoints = Checkpointing(out_dir, run_cfg.checkpoint_every,
                                         {"config": config.flat(), "data": fingerprint})
             return _train_and_report(model, data, config, device, checkpoints, resume)
+
+
+def check_out_dir(out_dir: Path, resuming: bool) -> None:
+    r"""A run writes only into a new or empty folder, or into an earlier run's (one with a
+    ``train.log``): never among files it did not write."""
+    if resuming or not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir}: not a folder")
+    if any(out_dir.iterdir()) and not (out_dir / "train.log").is_file():
+        raise ConfigError(f"--out {out_dir}: the folder holds files that are not a run's (no "
+                          "train.log); a run writes only into a new or empty folder, or over "
+                          "an earlier run")
 
 
 @contextlib.contextmanager

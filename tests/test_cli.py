@@ -41,11 +41,12 @@ def test_help_documents_every_key(project, capsys):
 
 
 def test_missing_real_dataset_message(project, capsys):
-    code = main(["--dataset", "sports", "--data-dir", str(project / "nowhere")], root=project)
+    code = main(["--dataset", "sports", "--model", "brmrs", "--data-dir",
+                 str(project / "nowhere")], root=project)
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     for text in ("sports.inter", "image_feat.npy", "text_feat.npy", "18357 x 4096",
-                 "enoche/MMRec", "--data-dir"):
+                 "enoche/MMRec", "--data-dir", "nowhere/ (no such folder)"):
         assert text in err
     assert not (project / "runs").exists()  # a run that fails on its inputs leaves nothing
 

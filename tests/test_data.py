@@ -604,12 +604,12 @@ def test_card_name_differs_from_file_name(tmp_path):
         load_card("toy", cards_dir)
 
 
-@pytest.mark.parametrize("modalities", ["[t.npy]", "{}", "{text: {dim: 4}}",
+@pytest.mark.parametrize("modalities", ["[t.npy]", "3", "{text: {dim: 4}}",
                                         "{text: {file: t.npy, width: 4}}", "{text: 3}"])
 def test_card_bad_modality_spec(tmp_path, modalities):
     cards_dir = write_card_text(tmp_path, f"inter: a\nsource: b\nmodalities: {modalities}\n")
     expected = ("modalities must map each modality name to its .npy file"
-                if modalities in ("[t.npy]", "{}") else
+                if modalities in ("[t.npy]", "3") else
                 "modality 'text' must be a file name, {file: NAME, dim: INT} or "
                 "{build: {...}, dim: INT}")
     with pytest.raises(DataError, match=re.escape(f"{cards_dir / 'toy.yaml'}: {expected}")):

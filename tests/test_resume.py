@@ -116,8 +116,16 @@ def test_resume_may_extend_the_epochs(project, finished_run):
 
 
 def test_resume_refuses_other_data(project, finished_run, capsys):
-    feat = project / "datasets" / "tiny" / "text_feat.npy"
-    np.save(feat, np.load(feat) + 1.0)
+    # LightGCN reads no features: the data it was trained on is the interactions file; one
+    # valid pair moved to test is other data
+    inter = project / "datasets" / "tiny" / "tiny.inter"
+    header, *rows = inter.read_text().splitlines()
+    label = header.split("\t").index("x_label")
+    row = next(n for n, r in enumerate(rows) if r.split("\t")[label] == "1")
+    fields = rows[row].split("\t")
+    fields[label] = "2"
+    rows[row] = "\t".join(fields)
+    inter.write_text("\n".join([header, *rows]) + "\n")
     assert main(["--resume", str(finished_run)], root=project) == 2
     assert "dataset's files differ from those the run was trained on" in capsys.readouterr().err
 

@@ -6,7 +6,7 @@ A card is data, never code: a new dataset in MMRec format is a card plus its fil
 
     name: lfm2k
     inter: lfm2k.inter               # tab-separated interactions with x_label
-    modalities:                      # name -> .npy file, row i = item i
+    modalities:                      # name -> .npy file, row i = item i ({}: none)
       text: {file: text_feat.npy, dim: 384}
       whisper: {file: whisper.npy, dim: 512}
       tags:                          # or built from item texts on first use (cached)
@@ -93,6 +93,26 @@ class DatasetCard:
     expected: dict[str, int] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     generator: dict[str, Any] | None = None
+    #: The data folder a card was inferred from (no ``datasets/<name>.yaml``; see
+    #: :func:`brmrs_pyg.data.folder.infer_card`), and what the inference left out and why.
+    inferred_from: Path | None = None
+    notes: tuple[str, ...] = ()
+
+    def to_yaml(self) -> str:
+        r"""The card as YAML that :func:`load_card` reads back as the same card (saved as
+        ``datasets/<name>.yaml`` it makes an inferred card explicit)."""
+        raw: dict[str, Any] = {"name": self.name}
+        if self.description:
+            raw["description"] = self.description
+        raw["inter"] = self.inter
+        raw["modalities"] = {m.name: _modality_yaml(m) for m in self.modalities}
+        if self.default_modalities != tuple(m.name for m in self.modalities):
+            raw["default_modalities"] = list(self.default_modalities)
+        for key in ("expected", "config", "generator"):
+            if getattr(self, key):
+                raw[key] = getattr(self, key)
+        raw["source"] = self.source
+        return yaml.safe_dump(raw, sort_keys=False, width=96, allow_unicode=True)
 
     def files(self) -> list[str]:
         r"""Every file the card names, interactions first."""
@@ -108,6 +128,14 @@ class DatasetCard:
             raise DataError(f"dataset {self.name!r} has no modality {', '.join(unknown)}; "
                             f"available: {', '.join(known)}")
         return tuple(known[n] for n in wanted)
+
+
+def _modality_yaml(spec: ModalitySpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"file": spec.file} if spec.build is None else {"build": {
+        "texts": spec.build.texts, "text": list(spec.build.text), "key": spec.build.key,
+        **({"item_map": spec.build.item_map} if spec.build.item_map else {}),
+        "encoder": spec.build.encoder}}
+    return out | ({"dim": spec.dim} if spec.dim is not None else {})
 
 
 def available_cards(cards_dir: Path) -> list[str]:
@@ -129,7 +157,9 @@ def load_card(name: str, cards_dir: Path) -> DatasetCard:
     path = Path(cards_dir) / f"{name}.yaml"
     if not path.is_file():
         raise DataError(f"no dataset card {path}; available datasets: "
-                        f"{', '.join(available_cards(cards_dir)) or '(none)'}")
+                        f"{', '.join(available_cards(cards_dir)) or '(none)'}. A folder in "
+                        "MMRec's layout (<name>.inter and <modality>_feat.npy files) runs "
+                        "without a card: --data-dir DIR")
     raw = _read_yaml(path)
     if not isinstance(raw, dict):
         raise DataError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
@@ -193,8 +223,11 @@ def _file_name(value: Any, what: str, path: Path) -> str:
 
 
 def _parse_modalities(raw: Any, path: Path) -> tuple[ModalitySpec, ...]:
-    if not isinstance(raw, dict) or not raw:
-        raise DataError(f"{path}: modalities must map each modality name to its .npy file")
+    # an empty mapping is a dataset of interactions only: the models that use no item
+    # features run on it, the others refuse (brmrs_pyg.pipeline.build_model)
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: modalities must map each modality name to its .npy file "
+                        "({} for a dataset without item features)")
     specs = []
     for name, value in raw.items():
         if not isinstance(name, str) or not name.strip() or "," in name:

@@ -211,7 +211,8 @@ def check_files(card: DatasetCard, data_dir: Path, modalities: tuple[ModalitySpe
             except DataError as exc:
                 problems.append(f"  {exc}")
     raise MissingFilesError(
-        f"dataset {card.name!r}: missing {', '.join(missing)} in {data_dir}/\n"
+        f"dataset {card.name!r}: missing {', '.join(missing)} in {data_dir}/"
+        + ("" if data_dir.is_dir() else " (no such folder)") + "\n"
         f"Expected files:\n" + "\n".join(lines) + "\n"
         + ("Problems in the files present:\n" + "\n".join(problems) + "\n" if problems else "")
         + "Where to get them:\n  " + card.source.replace("\n", "\n  ") + "\n"
@@ -256,7 +257,7 @@ def _check_matrix(path: Path, name: str, dim: int | None, rows: int | None) -> N
 
 
 def load_dataset(card: DatasetCard, data_dir: Path, modalities: str = "",
-                 cache_dir: Path | None = None) -> InteractionData:
+                 cache_dir: Path | None = None, with_features: bool = True) -> InteractionData:
     r"""Reads and validates a dataset described by ``card`` from ``data_dir``.
 
     Args:
@@ -266,9 +267,11 @@ def load_dataset(card: DatasetCard, data_dir: Path, modalities: str = "",
             card's default set).
         cache_dir (Path, optional): Where modalities built from texts are cached
             (default: :obj:`None`, built on every load).
+        with_features (bool, optional): :obj:`False` reads no feature file, for models that use
+            none (the item count is then the interactions'). (default: :obj:`True`)
     """
     data_dir = Path(data_dir)
-    specs = card.select(modalities)
+    specs = card.select(modalities) if with_features else ()
     check_files(card, data_dir, specs)
     inter_path = data_dir / card.inter
     users, items, labels = read_inter(inter_path)

@@ -432,7 +432,8 @@ def ensure_generated(spec: SyntheticSpec, folder: Path, inter_name: str,
 
     Writes the MMRec files, ``ground_truth.tsv`` and ``conflicts.tsv``. A ``generator.json``
     beside the files records the settings they were drawn with; any change of settings (or of
-    the generator version) regenerates them.
+    the generator version) regenerates them. A folder that exists, is not empty and has no
+    ``generator.json`` is someone else's: a :class:`DataError`, nothing written.
     """
     folder = Path(folder)
     stamp = {"version": GENERATOR_VERSION, **dataclasses.asdict(spec)}
@@ -444,6 +445,15 @@ def ensure_generated(spec: SyntheticSpec, folder: Path, inter_name: str,
                 return
         except json.JSONDecodeError:
             pass
+    if folder.exists() and not stamp_path.is_file() and any(folder.iterdir()):
+        # not this generator's folder: its files are someone's data, never overwritten
+        held = sorted(p.name for p in folder.iterdir())
+        raise DataError(
+            f"{folder} holds files the synthetic generator did not write ("
+            f"{', '.join(held[:5])}{' ...' if len(held) > 5 else ''}) and no generator.json; "
+            "it generates only into an empty folder or one holding its own earlier output. "
+            "To train on the files there, name the dataset after them: --dataset NAME "
+            "--data-dir DIR (an MMRec folder without a card is read as it is)")
     unknown = set(feature_files) - {"text", "image"}
     if unknown:
         raise DataError(f"the synthetic generator makes modalities 'text' and 'image', not "

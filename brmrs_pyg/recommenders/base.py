@@ -89,6 +89,10 @@ class Recommender(torch.nn.Module):
     uses_item_graphs: ClassVar[bool] = False
     uses_user_graph: ClassVar[bool] = False
 
+    #: Whether the model reads item features; a model that does not (BPR-MF, LightGCN) runs
+    #: on a dataset of interactions only, and a run of it reads no feature file.
+    uses_features: ClassVar[bool] = True
+
     #: Whether ``plugin=brmrs`` can attach to the model (multi-branch models, see
     #: :class:`~brmrs_pyg.recommenders.branched.BranchedRecommender`), and if not, why.
     supports_plugin: ClassVar[bool] = False

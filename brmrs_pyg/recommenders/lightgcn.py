@@ -47,6 +47,7 @@ class LightGCN(Recommender):
     """
 
     Params = LightGCNParams
+    uses_features = False
 
     def __init__(self, num_users: int, num_items: int, embedding_dim: int, adj_t: Tensor,
                  backbone: Backbone, reg_weight: float) -> None:

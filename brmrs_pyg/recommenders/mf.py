@@ -33,6 +33,7 @@ class MF(Recommender):
     """
 
     Params = MFParams
+    uses_features = False
 
     def __init__(self, num_users: int, num_items: int, embedding_dim: int,
                  reg_weight: float) -> None:
