@@ -58,6 +58,7 @@ from brmrs_pyg.pipeline import (Paths, build_model, card_of, data_dir_of, load_c
                                 load_data)
 from brmrs_pyg.recommenders.base import gather, row_scores
 from brmrs_pyg.recommenders.brmrs import FUSED
+from brmrs_pyg.threads import set_threads
 from brmrs_pyg.sampling import hardest_in_pool, sample_negatives
 
 log = logging.getLogger(__name__)
@@ -270,8 +271,7 @@ def analyze_run(run_dir: Path, paths: Paths, ks: tuple[int, ...] = (10, 20),
         raise AnalysisError(f"need split in {tuple(SPLIT_LABELS)}, cut-offs >= 1 and a pool "
                             f"size >= 1; got split={split!r}, ks={ks}, pool_size={pool_size}")
     config, weights = load_run(run_dir, paths)
-    if config.run.threads:
-        torch.set_num_threads(config.run.threads)
+    set_threads(config.run.threads, torch.device("cpu"))
     data = load_data(card_of(config, paths), config, paths)
     model = build_model(config, data, torch.device("cpu"))
     branches_of: Any = getattr(model, "branches", None)

@@ -52,7 +52,8 @@ class RunConfig:
     epochs: int = option(1000, "maximum number of training epochs")
     out: str = option("", "output folder (default: runs/<dataset>-<model>-s<seed>-<time>)")
     device: str = option("auto", "'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
-    threads: int = option(0, "torch CPU threads (0: torch's default)")
+    threads: int = option(0, "torch CPU threads (0: the cores idle at the start, at most "
+                             "torch's default; on CUDA torch's default)")
     embedding_dim: int = option(64, "embedding size of users and items")
     batch_size: int = option(2048, "training triples per batch")
     lr: float = option(1e-3, "Adam learning rate")

@@ -31,6 +31,7 @@ from brmrs_pyg.interactions import PairIndex
 from brmrs_pyg.io import atomic_save_npz, atomic_write_json, atomic_write_text
 from brmrs_pyg.recommenders import MODELS, Recommender
 from brmrs_pyg.recommenders.branched import BranchedRecommender, PluginParams
+from brmrs_pyg.threads import set_threads
 from brmrs_pyg.train import Checkpointing, TrainSettings, train
 
 log = logging.getLogger(__name__)
@@ -257,11 +258,10 @@ def run(config: Config, paths: Paths, out_dir: Path,
     """
     run_cfg = config.run
     check_out_dir(out_dir, resume is not None)
-    if run_cfg.threads:
-        torch.set_num_threads(run_cfg.threads)
+    device = resolve_device(run_cfg.device)
+    set_threads(run_cfg.threads, device)
     with deterministic_algorithms(run_cfg.deterministic):
         seed_everything(run_cfg.seed)
-        device = resolve_device(run_cfg.device)
         card = card_of(config, paths)
         data = load_data(card, config, paths)
         fingerprint = data.fingerprint()
@@ -333,7 +333,8 @@ def _train_and_report(model: Recommender, data: InteractionData, config: Config,
         "config": flat, "dataset": stats, "best_epoch": result.best_epoch,
         "valid": result.valid, "test": result.test,
         "timings": {"seconds_per_epoch": result.seconds_per_epoch,
-                    "seconds_per_eval": result.seconds_per_eval},
+                    "seconds_per_eval": result.seconds_per_eval,
+                    "threads": torch.get_num_threads()},
         "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
         "last_epoch_losses": result.last_losses, "history": result.history,
         "version": __version__,
