@@ -15,6 +15,7 @@ from brmrs_pyg.data.errors import DataError
 from brmrs_pyg.data.prepare.cli import run_prepare
 from brmrs_pyg.experiments import SuiteError
 from brmrs_pyg.experiments.cli import run_suite_cli
+from brmrs_pyg.interrupt import TrainingInterrupted
 from brmrs_pyg.plotting import PlotsUnavailable
 from brmrs_pyg.pipeline import Paths, load_config, out_dir_of, resume_config, run
 from brmrs_pyg.recommenders import MODELS
@@ -166,4 +167,7 @@ def main(argv: Sequence[str] | None = None, root: Path | None = None) -> int:
             AnalysisError, SuiteError, PlotsUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as exc:  # SIGINT or SIGTERM: one line, no traceback
+        print(exc, file=sys.stderr)
+        return exc.exit_code
     return 0

@@ -6,15 +6,23 @@ the helpers below). The temporary file is flushed and ``fsync``-ed before the re
 a crash or power loss the target holds either the old complete file or the new complete one;
 when writing fails (a full disk, an exception while serialising), the temporary file is
 removed and the target is left as it was.
+
+A process killed while writing (SIGKILL, a power cut) cannot remove its temporary file; the
+next atomic write of the same target does (:func:`remove_stale_temporaries`). It removes only
+files named as this module names the target's temporary files, written on this machine by a
+process that is no longer running: never a user's file, never the file of a live writer.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import os
+import re
 import secrets
 import shutil
+import socket
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
 
@@ -40,10 +48,11 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
         raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     # a unique name in the same folder: the rename stays on one file system, and two writers of
-    # the same target (two threads, two processes) never share a temporary file; mode 0o666
-    # lets the umask decide the permissions, as for any file the user creates
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # the same target (two threads, two processes, two machines) never share a temporary
+    # file; mode 0o666 lets the umask decide the permissions, as for any file the user creates
+    tmp = path.with_name(f".{path.name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         handle: IO[Any] = (os.fdopen(fd, "w", encoding="utf-8", newline="\n") if mode == "w"
@@ -57,6 +66,56 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+@functools.lru_cache(maxsize=1)
+def _host() -> str:
+    # this machine's name as it appears in temporary names: letters, digits and '-' only
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    r"""Removes the temporary files of ``path`` that an interrupted :func:`atomic_open` left
+    behind: files beside ``path`` named ``.<name>.<host>.<pid>.<8 hex digits>.tmp``, where
+    ``<host>`` is this machine and process ``<pid>`` no longer runs. Any other file, a
+    temporary file of a live process (another writer of the same target) and one from another
+    machine sharing the folder are left alone; so is everything on Windows, where no process
+    can be checked without side effects. Returns the files removed.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / ".notes.txt.tmp").write_text("a user's file")
+    >>> remove_stale_temporaries(folder / "notes.txt")
+    []
+    """
+    path = Path(path)
+    if os.name == "nt":
+        return []
+    ours = re.compile(rf"\.{re.escape(path.name)}\.{re.escape(_host())}\.(\d+)"
+                      r"\.[0-9a-f]{8}\.tmp")
+    removed = []
+    with contextlib.suppress(OSError), os.scandir(path.parent) as entries:
+        for entry in entries:
+            match = ours.fullmatch(entry.name)
+            if match and entry.is_file(follow_symlinks=False) and not _running(int(match[1])):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+def _running(pid: int) -> bool:
+    # signal 0 checks that the process exists without touching it (POSIX only); unsure
+    # answers count as running, so the file is kept
+    if pid == os.getpid():
+        return True  # another thread of this process may be writing the target
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:

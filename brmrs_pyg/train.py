@@ -1,31 +1,43 @@
 r"""The training loop: BPR-style epochs over shuffled training pairs, full-ranking validation
 after every epoch, early stopping on the validation metric, test at the best-valid epoch.
 
-Checkpoints (:class:`Checkpointing`): ``best.pt`` holds the best-valid weights and their
-metrics and is rewritten whenever validation improves; ``last.pt`` holds everything a resumed
-run needs (weights, optimiser, :class:`TrainState`, random state) and is written every
-``every`` epochs and when training ends. Numeric guards: a NaN or infinite loss term, or a
-non-finite score at evaluation, stops training with a :class:`TrainingError` that names the
-term and the epoch; the checkpoints on disk were written at finite epochs and stay as they are.
+Checkpoints (:class:`~brmrs_pyg.checkpoint.Checkpointing`): ``best.pt`` holds the best-valid
+weights and their metrics and is rewritten whenever validation improves; ``last.pt`` holds
+everything a resumed run needs (weights, optimiser, :class:`~brmrs_pyg.checkpoint.TrainState`,
+random state) and is written every ``every`` epochs, when training ends and when it is
+interrupted. Numeric guards: a NaN or infinite loss term, or a non-finite score at evaluation,
+stops training with a :class:`TrainingError` that names the term and the epoch; the
+checkpoints on disk were written at finite epochs and stay as they are.
+
+Interruptions (:mod:`brmrs_pyg.interrupt`): on SIGINT or SIGTERM, training stops at the end of
+the step (batch) or evaluation under way, writes ``last.pt`` with the state of the last
+*completed* epoch and raises :class:`~brmrs_pyg.interrupt.TrainingInterrupted`. Between two
+scheduled writes that state is kept in memory (:class:`~brmrs_pyg.checkpoint.LastCheckpoint`):
+a run resumed from an epoch boundary computes exactly what an uninterrupted run would, whereas
+the middle of an epoch is not all in a checkpoint (the epoch's shuffle, a model's per-epoch
+graph). A stop in the middle of an epoch therefore drops that epoch's partial work.
 """
 from __future__ import annotations
 
 import copy
 import logging
 import math
+import shlex
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from brmrs_pyg import __version__
-from brmrs_pyg.checkpoint import TRAINING_CHECKPOINT, capture_rng, restore_rng
+from brmrs_pyg.checkpoint import (Checkpointing, LastCheckpoint, TrainState,
+                                  restore_training)
 from brmrs_pyg.evaluation import EvalResult, Evaluator, Scorer
 from brmrs_pyg.interactions import PairIndex
+from brmrs_pyg.interrupt import RESUME_COMMAND, StopSignals, TrainingInterrupted, signal_name
 from brmrs_pyg.io import atomic_torch_save
 from brmrs_pyg.recommenders.base import Batch, Recommender
 from brmrs_pyg.sampling import sample_negatives
@@ -42,6 +54,15 @@ class TrainingError(RuntimeError):
     r"""Training cannot go on (e.g. a loss became NaN or infinite)."""
 
 
+class EpochStopped(Exception):
+    r"""Raised by :func:`train_epoch` when its ``stop`` callback asks to end the epoch after
+    ``steps`` of its ``num_batches`` steps; the epoch is incomplete."""
+
+    def __init__(self, steps: int, num_batches: int) -> None:
+        super().__init__(f"step {steps} of {num_batches}")
+        self.steps, self.num_batches = steps, num_batches
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     r"""Settings of :func:`train` (unpacked from the run config)."""
@@ -52,56 +73,6 @@ class TrainSettings:
     patience: int = 20
     valid_metric: str = "recall@20"
     progress: bool | None = None  # tqdm's default: a bar only on a terminal
-
-
-@dataclass(frozen=True)
-class Checkpointing:
-    r"""What :func:`train` saves, and where.
-
-    Args:
-        folder (Path): Receives ``best.pt`` and ``last.pt``.
-        every (int, optional): ``last.pt`` is written every ``every`` epochs and when
-            training ends; 0 never writes it (the run cannot be resumed). (default: :obj:`5`)
-        meta (dict, optional): Saved in both checkpoints: the resolved ``config`` and the
-            dataset's fingerprint ``data``, compared on resume
-            (:mod:`brmrs_pyg.checkpoint`).
-    """
-
-    folder: Path
-    every: int = 5
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def best(self) -> Path:
-        return Path(self.folder) / "best.pt"
-
-    @property
-    def last(self) -> Path:
-        return Path(self.folder) / "last.pt"
-
-
-@dataclass
-class TrainState:
-    r"""Everything the loop carries from one epoch to the next besides the model and the
-    optimiser: early stopping, the best epoch's metrics and weights, timings and history.
-    ``last.pt`` saves it whole, so a resumed run continues exactly where it stopped."""
-
-    epoch: int = 0  # epochs completed
-    best_score: float = -math.inf
-    best_epoch: int = 0
-    best_valid: dict[str, float] = field(default_factory=dict)
-    best_test: dict[str, float] = field(default_factory=dict)
-    best_branches: dict[str, dict[str, float]] = field(default_factory=dict)
-    best_weights: dict[str, Tensor] | None = None
-    waited: int = 0  # epochs since the last improvement
-    train_seconds: float = 0.0
-    eval_seconds: float = 0.0
-    last_losses: dict[str, float] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        r"""The fields as a dict (tensors shared, not copied), for a checkpoint."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass
@@ -121,10 +92,14 @@ class TrainResult:
 
 
 def train_epoch(model: Recommender, optimizer: torch.optim.Optimizer, train_edges: Tensor,
-                train_index: PairIndex, batch_size: int, bar: tqdm | None = None
-                ) -> dict[str, float]:
+                train_index: PairIndex, batch_size: int, bar: tqdm | None = None,
+                stop: Callable[[], bool] | None = None) -> dict[str, float]:
     r"""One pass over the shuffled training pairs, ``model.num_negatives`` uniform negatives
     per pair.
+
+    Args:
+        stop (callable, optional): Asked after every step; :obj:`True` ends the epoch there
+            with :class:`EpochStopped`. (default: :obj:`None`)
 
     Returns:
         The mean of the total loss (``"loss"``) and of each term over the batches.
@@ -132,6 +107,7 @@ def train_epoch(model: Recommender, optimizer: torch.optim.Optimizer, train_edge
     Raises:
         TrainingError: A term became NaN or infinite (checked every :data:`CHECK_EVERY`
             batches and at the end of the epoch).
+        EpochStopped: ``stop()`` was true.
     """
     model.train()
     model.start_epoch()
@@ -157,6 +133,8 @@ def train_epoch(model: Recommender, optimizer: torch.optim.Optimizer, train_edge
                 bar.set_postfix(loss=f"{means['loss']:.4f}")
         if bar is not None:
             bar.update(1)
+        if stop is not None and stop():
+            raise EpochStopped(step + 1, num_batches)
     return means
 
 
@@ -213,54 +191,52 @@ def train(model: Recommender, train_edges: Tensor, train_index: PairIndex,
         resume (dict, optional): A ``last.pt`` payload (its config and data checked by the
             caller, :mod:`brmrs_pyg.checkpoint`): training continues after its epoch, with
             its weights, optimiser, state and random generators.
+
+    Raises:
+        TrainingError: A loss term or a score became NaN or infinite.
+        TrainingInterrupted: SIGINT or SIGTERM arrived (handled in the main thread only):
+            training stopped at the end of the step or evaluation under way and ``last.pt``
+            holds the last completed epoch (:class:`LastCheckpoint`).
     """
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    state, saved = TrainState(), 0  # saved: the epoch last.pt holds
-    if resume is not None:
-        state = restore_training(resume, model, optimizer)
-        saved = state.epoch
-        log.info("resumed after epoch %d (best epoch %d, %s %.4f)", state.epoch,
-                 state.best_epoch, settings.valid_metric, state.best_score)
-        if checkpoints is not None and state.best_weights is not None:
-            # best.pt may hold an epoch trained after last.pt and lost with the interruption
-            _save_best(state, checkpoints)
     num_batches = math.ceil(train_edges.size(1) / settings.batch_size)
     disable = None if settings.progress is None else not settings.progress
-    while state.epoch < settings.epochs and state.waited < settings.patience:
-        epoch = state.epoch + 1
-        try:
-            start = time.perf_counter()
-            with tqdm(total=num_batches, desc=f"epoch {epoch}", leave=False,
-                      disable=disable) as bar:
-                losses = train_epoch(model, optimizer, train_edges, train_index,
-                                     settings.batch_size, bar)
-            state.train_seconds += time.perf_counter() - start
-            start = time.perf_counter()
-            model.eval()
-            result = evaluate_finite(valid, model.scorer(), "validation")
-            state.eval_seconds += time.perf_counter() - start
-            score = result.metrics[settings.valid_metric]
-            improved = score > state.best_score
-            if improved:
-                _record_best(model, state, epoch, score, result, test, checkpoints)
-            else:
-                state.waited += 1
-        except TrainingError as exc:
-            kept = _kept(state, checkpoints, saved, settings.valid_metric)
-            raise TrainingError(f"epoch {epoch}: {exc}. {kept}") from None
-        state.epoch, state.last_losses = epoch, losses
-        state.history.append({"epoch": epoch, **losses, settings.valid_metric: score})
-        log.info("epoch %4d | %s | valid %s %.4f%s | %.2fs train", epoch,
-                 " ".join(f"{k} {v:.4f}" for k, v in losses.items()), settings.valid_metric,
-                 score, " *" if improved else "", state.train_seconds / epoch)
-        if checkpoints is not None and checkpoints.every and epoch % checkpoints.every == 0:
-            save_training(checkpoints, model, optimizer, state)
-            saved = epoch
-    if state.waited >= settings.patience:
-        log.info("early stop: no %s improvement for %d epochs; best epoch %d (%.4f)",
-                 settings.valid_metric, settings.patience, state.best_epoch, state.best_score)
-    if checkpoints is not None and checkpoints.every and saved != state.epoch:
-        save_training(checkpoints, model, optimizer, state)
+    with StopSignals(_abort_note(checkpoints)) as signals:
+        state = (TrainState() if resume is None
+                 else _resume(resume, model, optimizer, settings, checkpoints))
+        last = LastCheckpoint(checkpoints, model, optimizer, state, resumed=resume is not None)
+        while state.epoch < settings.epochs and state.waited < settings.patience:
+            epoch = state.epoch + 1
+            try:
+                start = time.perf_counter()
+                with tqdm(total=num_batches, desc=f"epoch {epoch}", leave=False,
+                          disable=disable) as bar:
+                    losses = train_epoch(model, optimizer, train_edges, train_index,
+                                         settings.batch_size, bar, signals.requested)
+                seconds = time.perf_counter() - start
+                state.train_seconds += seconds
+                score, improved = _validate(model, epoch, state, valid, test,
+                                            settings.valid_metric, checkpoints)
+            except TrainingError as exc:
+                kept = _kept(state, checkpoints, last.saved, settings.valid_metric)
+                raise TrainingError(f"epoch {epoch}: {exc}. {kept}") from None
+            except EpochStopped as stop:
+                raise _interrupted(last, signals, f"in epoch {epoch} ({stop})", state) from None
+            state.epoch, state.last_losses = epoch, losses
+            state.history.append({"epoch": epoch, **losses, settings.valid_metric: score})
+            log.info("epoch %4d | %s | valid %s %.4f%s | %.2fs train", epoch,
+                     " ".join(f"{k} {v:.4f}" for k, v in losses.items()),
+                     settings.valid_metric, score, " *" if improved else "", seconds)
+            last.keep(state)
+            if signals.requested():
+                raise _interrupted(last, signals, f"after epoch {epoch}", state)
+        if state.waited >= settings.patience:
+            log.info("early stop: no %s improvement for %d epochs; best epoch %d (%.4f)",
+                     settings.valid_metric, settings.patience, state.best_epoch,
+                     state.best_score)
+        last.flush()
+        if signals.requested():  # arrived after the last epoch's check
+            raise _interrupted(last, signals, f"after epoch {state.epoch}", state)
     if state.best_weights is not None:
         model.load_state_dict(state.best_weights)
     epochs = max(state.epoch, 1)
@@ -270,6 +246,36 @@ def train(model: Recommender, train_edges: Tensor, train_index: PairIndex,
                        seconds_per_epoch=state.train_seconds / epochs,
                        seconds_per_eval=state.eval_seconds / epochs,
                        last_losses=state.last_losses, history=state.history)
+
+
+def _resume(payload: Mapping[str, Any], model: Recommender, optimizer: torch.optim.Optimizer,
+            settings: TrainSettings, checkpoints: Checkpointing | None) -> TrainState:
+    r"""Restores a ``last.pt`` payload (:func:`restore_training`) and rewrites ``best.pt``
+    from it."""
+    state = restore_training(payload, model, optimizer)
+    log.info("resumed after epoch %d (best epoch %d, %s %.4f)", state.epoch,
+             state.best_epoch, settings.valid_metric, state.best_score)
+    if checkpoints is not None and state.best_weights is not None:
+        # best.pt may hold an epoch trained after last.pt and lost with the interruption
+        _save_best(state, checkpoints)
+    return state
+
+
+def _validate(model: Recommender, epoch: int, state: TrainState, valid: Evaluator,
+              test: Evaluator, metric: str, checkpoints: Checkpointing | None
+              ) -> tuple[float, bool]:
+    r"""Evaluates the model after ``epoch`` on ``valid`` and, when ``metric`` improved, keeps
+    it as the best epoch (:func:`_record_best`). Returns the score and whether it improved."""
+    start = time.perf_counter()
+    model.eval()
+    result = evaluate_finite(valid, model.scorer(), "validation")
+    state.eval_seconds += time.perf_counter() - start
+    score = result.metrics[metric]
+    if score > state.best_score:
+        _record_best(model, state, epoch, score, result, test, checkpoints)
+        return score, True
+    state.waited += 1
+    return score, False
 
 
 def _record_best(model: Recommender, state: TrainState, epoch: int, score: float,
@@ -298,35 +304,43 @@ def _save_best(state: TrainState, checkpoints: Checkpointing) -> None:
                       checkpoints.best)
 
 
-def save_training(checkpoints: Checkpointing, model: Recommender,
-                  optimizer: torch.optim.Optimizer, state: TrainState) -> None:
-    r"""Writes ``last.pt``: weights, optimiser, :class:`TrainState` and random state, with
-    ``checkpoints.meta`` and the package version (see :func:`restore_training`)."""
-    atomic_torch_save({"kind": TRAINING_CHECKPOINT, "version": __version__,
-                       "meta": checkpoints.meta, "epoch": state.epoch,
-                       "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                       "state": state.as_dict(), "rng": capture_rng()}, checkpoints.last)
+def _interrupted(last: LastCheckpoint, signals: StopSignals, where: str, state: TrainState
+                 ) -> TrainingInterrupted:
+    r"""Writes ``last.pt`` (:meth:`LastCheckpoint.flush`) and returns the exception that
+    reports the stop in one line: the signal, ``where`` training stopped, the epoch reached
+    and how to resume, or why the run cannot be resumed."""
+    last.flush()
+    assert signals.received is not None
+    signum, checkpoints = signals.received, last.checkpoints
+    head = f"{signal_name(signum)}: training stopped {where}"
+    if checkpoints is None or not checkpoints.every:
+        why = ("no checkpoint was being written" if checkpoints is None
+               else "checkpoint_every=0 writes no last.pt")
+        return TrainingInterrupted(signum, f"{head}, {state.epoch} epoch(s) completed; the "
+                                           f"run cannot be resumed: {why}")
+    folder = Path(checkpoints.folder)
+    return TrainingInterrupted(
+        signum, f"{head}; {checkpoints.last} holds epoch {last.saved}, the last one "
+                f"completed. Resume with: {RESUME_COMMAND} {shlex.quote(str(folder))}",
+        epoch=last.saved, run_dir=folder)
 
 
-def restore_training(payload: Mapping[str, Any], model: Recommender,
-                     optimizer: torch.optim.Optimizer) -> TrainState:
-    r"""Loads a :func:`save_training` payload into ``model`` and ``optimizer`` and sets the
-    random generators; returns the saved :class:`TrainState`."""
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    state = TrainState(**payload["state"])
-    restore_rng(payload["rng"])  # last: nothing may draw between this and the next epoch
-    return state
+def _abort_note(checkpoints: Checkpointing | None) -> str:
+    # the tail of the message of a second signal, which aborts without writing anything
+    if checkpoints is None:
+        return ""
+    return f"; the checkpoints already in {checkpoints.folder} are kept"
 
 
-def _kept(state: TrainState, checkpoints: Checkpointing | None, saved: int, metric: str
-          ) -> str:
+def _kept(state: TrainState, checkpoints: Checkpointing | None, saved: int | None,
+          metric: str) -> str:
     r"""Where the last good results are, for the message of a failed epoch."""
     if checkpoints is None:
         return "No checkpoint was being written"
     best = (f"{checkpoints.best} holds the best epoch so far, {state.best_epoch} (valid "
             f"{metric} {state.best_score:.4f}, with its test metrics)" if state.best_epoch
             else "no epoch finished, so there is no best.pt")
-    last = (f"{checkpoints.last} holds epoch {saved}" if saved else "no last.pt was written")
+    last = (f"{checkpoints.last} holds epoch {saved}" if saved is not None
+            else "no last.pt was written")
     return (f"The checkpoints on disk are from finite epochs and were kept: {best}; {last}. "
             "Lower lr or check the data before training again")

@@ -1,12 +1,14 @@
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from brmrs_pyg.io import (atomic_open, atomic_save_npy, atomic_torch_save, atomic_write_csv,
-                          atomic_write_json, atomic_write_text)
+from brmrs_pyg.io import (_host, atomic_open, atomic_save_npy, atomic_torch_save,
+                          atomic_write_csv, atomic_write_json, atomic_write_text)
 
 
 def leftovers(folder):
@@ -68,3 +70,56 @@ def test_atomic_open_refuses_append(tmp_path):
     with pytest.raises(ValueError, match="whole files"):
         with atomic_open(tmp_path / "x", "a"):
             pass
+
+
+def dead_pid():
+    r"""The id of a process that has ended (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "last.pt"
+    atomic_write_text(target, "epoch 4")
+    pid = os.fork()
+    if pid == 0:  # the child dies in the middle of writing, as under SIGKILL
+        with atomic_open(target) as handle:
+            handle.write("half of epoch 6")
+            handle.flush()
+            os._exit(0)
+    os.waitpid(pid, 0)
+    (left,) = leftovers(tmp_path)
+    assert left.startswith(f".last.pt.{_host()}.{pid}.")
+    assert target.read_text() == "epoch 4"
+    atomic_write_text(target, "epoch 8")
+    assert target.read_text() == "epoch 8" and leftovers(tmp_path) == []
+
+
+def test_only_the_targets_own_stale_temporaries_are_removed(tmp_path):
+    dead, host = dead_pid(), _host()
+    stale = f".last.pt.{host}.{dead}.0123abcd.tmp"
+    kept = [
+        f".last.pt.{host}.{os.getppid()}.0123abcd.tmp",  # a live writer of the same target
+        f".last.pt.{host}.{os.getpid()}.0123abcd.tmp",  # this process: another thread's
+        f".last.pt.other-machine.{dead}.0123abcd.tmp",  # a writer on another machine
+        f".best.pt.{host}.{dead}.0123abcd.tmp",  # another target
+        f".last.pt.{host}.{dead}.0123ABCD.tmp",  # not a name atomic_open makes
+        f"last.pt.{host}.{dead}.0123abcd.tmp",
+        f".last.pt.{host}.{dead}.0123abcd.tmp.bak",
+        ".last.pt.tmp",
+        "notes.tmp",
+    ]
+    for name in [stale, *kept]:
+        (tmp_path / name).write_text("x")
+    (tmp_path / "link").mkdir()
+    (tmp_path / "link" / f".last.pt.{host}.{dead}.01234567.tmp").mkdir()  # a folder
+    atomic_write_text(tmp_path / "last.pt", "new")
+    assert not (tmp_path / stale).exists()
+    assert all((tmp_path / name).read_text() == "x" for name in kept)
+    os.symlink(tmp_path / "notes.tmp", tmp_path / f".t.{host}.{dead}.89abcdef.tmp")
+    atomic_write_text(tmp_path / "t", "new")  # a symbolic link is never ours
+    assert (tmp_path / f".t.{host}.{dead}.89abcdef.tmp").is_symlink()
+    atomic_write_text(tmp_path / "link" / "last.pt", "new")
+    assert (tmp_path / "link" / f".last.pt.{host}.{dead}.01234567.tmp").is_dir()

@@ -1,5 +1,7 @@
 import dataclasses
 import math
+import re
+import time
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ from brmrs_pyg.checkpoint import TRAINING_CHECKPOINT
 from brmrs_pyg.evaluation import EvalResult, Evaluator
 from brmrs_pyg.interactions import PairIndex
 from brmrs_pyg.recommenders import MF
+from brmrs_pyg import train as train_module
 from brmrs_pyg.train import Checkpointing, TrainingError, TrainSettings, train
 
 
@@ -58,6 +61,25 @@ def test_runs_all_epochs_without_patience_running_out():
                    TrainSettings(epochs=4, batch_size=3, patience=2, progress=False))
     assert result.best_epoch == 4 and result.epochs_run == 4 and not result.stopped_early
     assert set(result.last_losses) == {"loss", "bpr", "reg"}
+
+
+def test_the_epoch_line_shows_that_epochs_training_time(monkeypatch, caplog):
+    model, edges, index = setup()
+    epoch, naps = train_module.train_epoch, iter([0.0, 0.3])
+
+    def timed_epoch(*args, **kwargs):
+        time.sleep(next(naps))
+        return epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_epoch", timed_epoch)
+    caplog.set_level("INFO", logger="brmrs_pyg")
+    result = train(model, edges, index, ScriptedEvaluator([0.1, 0.2]), ScriptedEvaluator([0.1]),
+                   TrainSettings(epochs=2, batch_size=4, progress=False))
+    lines = [re.fullmatch(r"epoch +\d+ \|.*\| ([\d.]+)s train", r.getMessage())
+             for r in caplog.records]
+    first, second = [float(m[1]) for m in lines if m]
+    assert first < 0.15 and second >= 0.3  # not their running mean, about 0.15 at epoch 2
+    assert result.seconds_per_epoch == pytest.approx((first + second) / 2, abs=0.01)
 
 
 def test_nan_loss_stops_with_the_term_named():
