@@ -5,18 +5,21 @@ Models use their card defaults, as ``run.py`` does. For each (dataset, model) pa
 subprocess (so peak memory is that pair's own):
 seconds per training epoch (mean of ``--epochs`` epochs after one warm-up epoch), seconds per
 full-ranking evaluation of the valid split (mean of ``--evals``), the process CPU time per
-epoch (a ratio that survives other load on the machine), one-off setup time (data +
-graph, cache included) and peak resident memory (and peak CUDA memory on a GPU). Each model's
-times are also given as a ratio to the first model's on the same dataset, measured in the
-same run.
+epoch (a ratio that survives other load on the machine), one-off setup time from start to
+model ready (wall and CPU, split into data loading and model building: graph, feature
+preparation and parameters; caches included) and peak resident memory (and peak CUDA memory
+on a GPU). Each model's times are also given as a ratio to the first model's on the same
+dataset, measured in the same run.
 
     python benchmarks/benchmark.py --datasets lfm2k:../shared/data/lfm2k synthetic_sports \
         --models lightgcn bpr --out bench.json
 
 A dataset is ``NAME`` (files in datasets/NAME/, synthetic ones generated on first use) or
 ``NAME:DIR``. A model is ``NAME`` or ``NAME:key=value,key=value`` (card defaults overridden,
-e.g. ``brmrs:lambda_h=0``). ``--profile N`` also records N training steps of each model with
-``torch.profiler`` and reports the operators that took the most time (where the time goes).
+e.g. ``brmrs:lambda_h=0``). ``--cache-dir DIR`` points the graph and feature caches at DIR
+(an empty folder times a first run, the same folder again a second run). ``--profile N``
+also records N training steps of each model with ``torch.profiler`` and reports the
+operators that took the most time (where the time goes).
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def measure(dataset: str, model_spec: str, epochs: int, evals: int, device: str,
-            profile_steps: int, threads: int, steps: int = 0) -> dict:
+            profile_steps: int, threads: int, steps: int = 0, cache_dir: str = "") -> dict:
     import torch
 
     from brmrs_pyg.data.cards import load_card
@@ -46,16 +49,20 @@ def measure(dataset: str, model_spec: str, epochs: int, evals: int, device: str,
     overrides = dict(pair.split("=", 1) for pair in extra.split(",") if pair)
     paths = Paths(ROOT)
     config = load_config(paths, [("benchmark", {"dataset": name, "model": model_name,
-                                                "data_dir": data_dir, "device": device}),
+                                                "data_dir": data_dir, "device": device,
+                                                "cache_dir": cache_dir}),
                                  ("--models", overrides)])
     seed_everything(0)
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     data = load_data(load_card(name, paths.dataset_cards), config, paths)
+    loaded = time.perf_counter()
     model = build_model(config, data, dev)
-    setup = time.perf_counter() - start
+    setup = {"setup_s": time.perf_counter() - start, "data_s": loaded - start,
+             "model_s": time.perf_counter() - loaded,
+             "setup_cpu_s": time.process_time() - cpu_start}
     index, evaluators = build_evaluators(data, dev, config.run.eval_batch_size)
     valid = evaluators["valid"]
     optimizer = torch.optim.Adam(model.parameters(), lr=config.run.lr)
@@ -81,17 +88,19 @@ def measure(dataset: str, model_spec: str, epochs: int, evals: int, device: str,
     per_epoch = (time.perf_counter() - start) / rounds * scale
     cpu_per_epoch = (time.process_time() - cpu_start) / rounds * scale
     model.eval()
-    valid.evaluate(model.scorer())  # warm-up
-    sync()
-    start = time.perf_counter()
-    for _ in range(evals):
-        valid.evaluate(model.scorer())
-    sync()
-    per_eval = (time.perf_counter() - start) / evals
+    per_eval = None
+    if evals:
+        valid.evaluate(model.scorer())  # warm-up
+        sync()
+        start = time.perf_counter()
+        for _ in range(evals):
+            valid.evaluate(model.scorer())
+        sync()
+        per_eval = (time.perf_counter() - start) / evals
     return {
         "dataset": name, "model": model_spec, "device": str(dev),
         "threads": torch.get_num_threads(), "users": data.num_users, "items": data.num_items,
-        "train_interactions": int(data.train.size(1)), "setup_s": setup,
+        "train_interactions": int(data.train.size(1)), **setup,
         "timed_steps": steps or None, "seconds_per_epoch": per_epoch, "cpu_seconds_per_epoch": cpu_per_epoch,
         "seconds_per_eval": per_eval,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -145,19 +154,22 @@ def main() -> None:
                              "epoch's number of steps, instead of --epochs whole epochs (for "
                              "slow models on large data; once-per-epoch work, e.g. a graph "
                              "rebuilt each epoch, is then counted once per N steps)")
-    parser.add_argument("--evals", type=int, default=2, help="timed evaluations")
+    parser.add_argument("--evals", type=int, default=2, help="timed evaluations (0: none)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: torch's default)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also profile N training steps per model (0: off)")
+    parser.add_argument("--cache-dir", default="",
+                        help="graph and feature cache folder (default: the run's, "
+                             "~/.cache/brmrs_pyg)")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--one", nargs=2, metavar=("DATASET", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     if args.one:
         print(json.dumps(measure(*args.one, args.epochs, args.evals, args.device,
-                                 args.profile, args.threads, args.steps)))
+                                 args.profile, args.threads, args.steps, args.cache_dir)))
         return
     rows = []
     for dataset in args.datasets:
@@ -166,7 +178,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--one", dataset, model, "--epochs",
                    str(args.epochs), "--evals", str(args.evals), "--device", args.device,
                    "--profile", str(args.profile), "--threads", str(args.threads),
-                   "--steps", str(args.steps)]
+                   "--steps", str(args.steps), "--cache-dir", args.cache_dir]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
                 sys.exit(f"benchmark of {model} on {dataset} failed:\n{done.stderr[-3000:]}")
@@ -175,14 +187,18 @@ def main() -> None:
             row["epoch_ratio"] = row["seconds_per_epoch"] / base["seconds_per_epoch"]
             row["cpu_epoch_ratio"] = (row["cpu_seconds_per_epoch"]
                                       / base["cpu_seconds_per_epoch"])
-            row["eval_ratio"] = row["seconds_per_eval"] / base["seconds_per_eval"]
+            row["eval_ratio"] = (row["seconds_per_eval"] / base["seconds_per_eval"]
+                                 if row["seconds_per_eval"] else None)
             rows.append(row)
             print(f"{row['dataset']:<18} {row['model']:<10} {row['device']:<5} "
                   f"{row['users']:>6}u {row['items']:>6}i {row['train_interactions']:>7}tr | "
                   f"epoch {row['seconds_per_epoch']:7.3f}s (x{row['epoch_ratio']:.2f}, "
                   f"CPU x{row['cpu_epoch_ratio']:.2f}) | "
-                  f"eval {row['seconds_per_eval']:7.3f}s (x{row['eval_ratio']:.2f}) | "
-                  f"setup {row['setup_s']:6.1f}s | peak RSS {row['peak_rss_mb']:7.0f} MB"
+                  + (f"eval {row['seconds_per_eval']:7.3f}s (x{row['eval_ratio']:.2f}) | "
+                     if row["seconds_per_eval"] else "")
+                  + f"setup {row['setup_s']:6.1f}s (data {row['data_s']:.1f}s, model "
+                  f"{row['model_s']:.1f}s; CPU {row['setup_cpu_s']:.1f}s) | "
+                  f"peak RSS {row['peak_rss_mb']:7.0f} MB"
                   + (f" | peak CUDA {row['peak_cuda_mb']:.0f} MB" if row["peak_cuda_mb"]
                      else ""), flush=True)
             for op in row["profile"] or []:

@@ -17,9 +17,9 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 from torch_geometric.utils import softmax as pyg_softmax
 
+from brmrs_pyg.cache import read_entry, write_entry
 from brmrs_pyg.config import II_RECIPES
 from brmrs_pyg.data.mmrec import InteractionData
-from brmrs_pyg.io import atomic_torch_save
 from brmrs_pyg.nn.sparse import to_adj_t, to_csr
 
 log = logging.getLogger(__name__)
@@ -325,44 +325,22 @@ def load_or_build_graph(data: InteractionData, spec: GraphSpec,
     if cache_dir is None:
         return build_graph(data, spec)
     path = Path(cache_dir) / "graphs" / f"{data.name}-{graph_key(data, spec)[:24]}.pt"
-    if path.is_file():
-        try:
-            graph = _read_entry(path, data)
-            log.info("graph loaded from cache %s", path)
-            return graph
-        except Exception as exc:  # any unreadable or corrupted entry is rebuilt, never trusted
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            log.warning("graph cache %s is unreadable or corrupted (%s); rebuilding it",
-                        path, reason)
+    cached = read_entry(path, "graph", lambda tensors: _graph_of(tensors, data))
+    if cached is not None:
+        log.info("graph loaded from cache %s", path)
+        return cached
     log.info("building graph (%s) for %s", spec, data.name)
     graph = build_graph(data, spec)
-    tensors = _to_tensors(graph)
-    atomic_torch_save({"tensors": tensors, "sha256": _checksum(tensors)}, path)
+    write_entry(path, _to_tensors(graph))
     return graph
 
 
-def _read_entry(path: Path, data: InteractionData) -> HeteroData:
-    r"""Loads and verifies a cache entry; raises ``ValueError`` (or torch's error for a file
-    that is not a readable archive) when it cannot be trusted."""
-    entry = torch.load(path, weights_only=True)
-    if not isinstance(entry, dict) or set(entry) != {"tensors", "sha256"}:
-        raise ValueError("not a graph cache entry")
-    if _checksum(entry["tensors"]) != entry["sha256"]:
-        raise ValueError("checksum mismatch: the file's contents changed after it was written")
-    graph = _from_tensors(entry["tensors"])
+def _graph_of(tensors: dict[str, Tensor], data: InteractionData) -> HeteroData:
+    r"""The graph of a verified cache entry; ``ValueError`` when it does not fit ``data``."""
+    graph = _from_tensors(tensors)
     if (graph["user"].num_nodes, graph["item"].num_nodes) != (data.num_users, data.num_items):
         raise ValueError("node counts differ from the dataset")
     return graph
-
-
-def _checksum(tensors: dict[str, Tensor]) -> str:
-    r"""SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        value = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
-        h.update(value.view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _to_tensors(graph: HeteroData) -> dict[str, Tensor]:

@@ -123,7 +123,8 @@ class BRMRS(BranchedRecommender):
     @classmethod
     def from_data(cls, params: Any, graph: HeteroData, features: dict[str, Tensor],
                   embedding_dim: int) -> "BRMRS":
-        prepared = {m: prepare_features(x, params.feature_dim) for m, x in features.items()}
+        prepared = {m: prepare_features(x, params.feature_dim, name=m)
+                    for m, x in features.items()}
         graphs = ChannelGraphs.from_graph(graph, list(features), params.ui_graph,
                                           params.ii_graphs)
         if graphs.uu is not None and params.ii_layers == 0:
