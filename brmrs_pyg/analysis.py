@@ -34,16 +34,17 @@ negative is the pool's first column. The report gives the distribution of
 negative that :math:`m'` ranks highest is separated by branch :math:`b`.
 
 **Ground truth.** When the run's data folder has ``ground_truth.tsv`` (synthetic data,
-:mod:`brmrs_pyg.data.synthetic`), every pair's type is known, and the report adds, per type,
-the pair count, each branch's hit rate at :math:`K` (hits / pairs of the type) and the
-partition counts.
+:mod:`brmrs_pyg.data.synthetic`, or written by hand with types ``<m>_unique`` for the
+dataset's modalities, ``synergy`` and ``redundant``), every pair's type is known, and the
+report adds, per type, the pair count, each branch's hit rate at :math:`K` (hits / pairs of
+the type) and the partition counts.
 """
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ from torch import Tensor
 
 from brmrs_pyg.config import Config
 from brmrs_pyg.data.mmrec import InteractionData
-from brmrs_pyg.data.synthetic import TYPES, GroundTruth, read_ground_truth
+from brmrs_pyg.data.synthetic import GroundTruth, read_ground_truth, truth_types
 from brmrs_pyg.interactions import PairIndex
 from brmrs_pyg.io import atomic_write_json
 from brmrs_pyg.pipeline import (Paths, build_model, card_of, data_dir_of, load_config,
@@ -66,6 +67,14 @@ SPLIT_LABELS = {"valid": 1, "test": 2}
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 #: Pair-times-item scores compared at once when ranking (bounds the memory of :func:`ranks`).
 RANK_BLOCK = 1 << 24
+
+
+class GroundTruthSource(NamedTuple):
+    r"""Where a run's ground truth may be (``folder/ground_truth.tsv``), and the dataset's
+    modalities, which name its ``<m>_unique`` types."""
+
+    folder: Path
+    modalities: tuple[str, ...]
 
 
 class AnalysisError(ValueError):
@@ -199,11 +208,11 @@ def pair_types(truth: GroundTruth, users: Tensor, items: Tensor, label: int,
 
 
 def by_type(types: np.ndarray, hits: dict[int, dict[str, Tensor]],
-            classes: dict[int, dict[str, Tensor]]) -> dict[str, Any]:
-    r"""Per ground-truth type: pair counts, each branch's hit rate at every K, and the
-    partition counts at every K."""
+            classes: dict[int, dict[str, Tensor]], order: tuple[str, ...]) -> dict[str, Any]:
+    r"""Per ground-truth type present in ``types``, in the ``order`` of the known types: pair
+    counts, each branch's hit rate at every K, and the partition counts at every K."""
     present = set(types.tolist())
-    names = [t for t in TYPES if t in present]
+    names = [t for t in order if t in present]
     masks = {t: torch.from_numpy(types == t) for t in names}
     out: dict[str, Any] = {"counts": {t: int(m.sum()) for t, m in masks.items()}}
     for k in hits:
@@ -272,7 +281,8 @@ def analyze_run(run_dir: Path, paths: Paths, ks: tuple[int, ...] = (10, 20),
                             f"size >= 1; got split={split!r}, ks={ks}, pool_size={pool_size}")
     config, weights = load_run(run_dir, paths)
     set_threads(config.run.threads, torch.device("cpu"))
-    data = load_data(card_of(config, paths), config, paths)
+    card = card_of(config, paths)
+    data = load_data(card, config, paths)
     model = build_model(config, data, torch.device("cpu"))
     branches_of: Any = getattr(model, "branches", None)
     if not callable(branches_of):
@@ -292,7 +302,8 @@ def analyze_run(run_dir: Path, paths: Paths, ks: tuple[int, ...] = (10, 20),
     pair = (choose_pair([b for b in branches if b != FUSED], modalities)
             if len(branches) > 1 else None)
     report, margins = _report(data, branches, pair, sorted(set(ks)), split, pool_size, seed,
-                              data_dir_of(config, paths))
+                              GroundTruthSource(data_dir_of(config, paths),
+                                                tuple(m.name for m in card.modalities)))
     report = {"run": str(run_dir), "dataset": config.run.dataset, "model": config.run.model,
               **report}
     if plots:
@@ -305,7 +316,7 @@ def analyze_run(run_dir: Path, paths: Paths, ks: tuple[int, ...] = (10, 20),
 
 def _report(data: InteractionData, branches: dict[str, tuple[Tensor, Tensor]],
             pair: tuple[str, str] | None, ks: list[int], split: str, pool_size: int, seed: int,
-            data_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str, Tensor]]]:
+            source: GroundTruthSource) -> tuple[dict[str, Any], dict[str, dict[str, Tensor]]]:
     r"""Every number of :func:`analyze_run`, as a JSON-ready dict, and the raw margins (for
     the histograms; the report keeps their summaries). Without a ``pair`` (a one-branch
     model) only the ranking's numbers."""
@@ -338,9 +349,9 @@ def _report(data: InteractionData, branches: dict[str, tuple[Tensor, Tensor]],
         report["margins"] = {m: {kind: summary(v) for kind, v in d.items()}
                              for m, d in margins.items()}
         report["cross_modal_confusion"] = confusion
-    truth = read_ground_truth(data_dir)
+    truth = read_ground_truth(source.folder, source.modalities)
     if truth is not None:
         types = pair_types(truth, users, items, SPLIT_LABELS[split], data.num_items,
-                           data_dir / "ground_truth.tsv")
-        report["ground_truth"] = by_type(types, hits, classes)
+                           source.folder / "ground_truth.tsv")
+        report["ground_truth"] = by_type(types, hits, classes, truth_types(source.modalities))
     return report, margins

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import brmrs_pyg.analysis as analysis
 from brmrs_pyg.analysis import (AnalysisError, choose_pair, heldout_pairs, pair_types,
                                 partition, pool_margins, ranks, recall_from_ranks)
 from brmrs_pyg.cli import main
+from brmrs_pyg.data import DataError
 from brmrs_pyg.data.synthetic import GroundTruth, read_ground_truth
 from brmrs_pyg.evaluation import Evaluator
 from brmrs_pyg.interactions import PairIndex
@@ -170,6 +172,49 @@ def trained(tmp_path_factory):
               "batch_size=64"]
     assert main([*common, "--model", "brmrs", "--out", str(out)], root=root) == 0
     return root, out, common
+
+
+RENAMED_CARD = """\
+name: renamed
+inter: renamed.inter
+modalities:
+  textual: {file: textual.npy, dim: 8}
+  visual: {file: visual.npy, dim: 12}
+source: the tiny synthetic set with its modalities renamed, by the tests
+"""
+
+
+def test_ground_truth_types_are_named_after_the_dataset_modalities(trained):
+    root, _, common = trained
+    tiny, folder = root / "datasets" / "tiny", root / "datasets" / "renamed"
+    folder.mkdir()
+    shutil.copy(tiny / "tiny.inter", folder / "renamed.inter")
+    shutil.copy(tiny / "text_feat.npy", folder / "textual.npy")
+    shutil.copy(tiny / "image_feat.npy", folder / "visual.npy")
+    (root / "datasets" / "renamed.yaml").write_text(RENAMED_CARD)
+    generated = (tiny / "ground_truth.tsv").read_text()
+    (folder / "ground_truth.tsv").write_text(
+        re.sub(r"\t(text|image)_unique$", lambda m: {"text": "\ttextual_unique",
+                                                      "image": "\tvisual_unique"}[m[1]],
+               generated, flags=re.M))
+    out = root / "runs" / "renamed"
+    args = [a if a != "tiny" else "renamed" for a in common]
+    assert main([*args, "--model", "brmrs", "--epochs", "1", "--out", str(out)], root=root) == 0
+    report = analysis.analyze_run(out, analysis.Paths(root), plots=False)
+    truth = read_ground_truth(tiny)
+    names = {"text_unique": "textual_unique", "image_unique": "visual_unique"}
+    want = {names.get(t, t): int(n) for t, n in zip(*np.unique(truth.types[truth.labels == 2],
+                                                                return_counts=True))}
+    assert {"textual_unique", "visual_unique"} <= set(want)
+    counts = report["ground_truth"]["counts"]
+    assert counts == want and list(counts) == [t for t in ("textual_unique", "visual_unique",
+                                                           "synergy", "redundant") if t in want]
+    assert {"textual_unique", "visual_unique"} <= set(report["partition@20"])
+    # the generator's names are not this dataset's
+    (folder / "ground_truth.tsv").write_text(generated)
+    with pytest.raises(DataError, match=re.escape("type in ('textual_unique', 'visual_unique', "
+                                                  "'synergy', 'redundant'), got")):
+        analysis.analyze_run(out, analysis.Paths(root), plots=False)
 
 
 def test_analyze_end_to_end(trained, capsys, extra_installed):

@@ -68,7 +68,7 @@ import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -82,8 +82,22 @@ from brmrs_pyg.io import atomic_save_npy, atomic_write_json, atomic_write_text
 log = logging.getLogger(__name__)
 GENERATOR_VERSION = 2
 REGIMES = ("linear", "synergy")
-#: Ground-truth types of a held-out positive, in the order of the terms t, v, s, r.
-TYPES = ("text_unique", "image_unique", "synergy", "redundant")
+#: Ground-truth types that name no modality; see :func:`truth_types`.
+GENERIC_TYPES = ("synergy", "redundant")
+
+
+def truth_types(modalities: Sequence[str]) -> tuple[str, ...]:
+    r"""The ground-truth types a ``ground_truth.tsv`` of a dataset with ``modalities`` may
+    hold: ``<m>_unique`` for every modality :math:`m`, then :data:`GENERIC_TYPES`.
+
+    >>> truth_types(["visual", "textual"])
+    ('visual_unique', 'textual_unique', 'synergy', 'redundant')
+    """
+    return (*(f"{m}_unique" for m in modalities), *GENERIC_TYPES)
+
+
+#: Ground-truth types of a generated held-out positive, in the order of the terms t, v, s, r.
+TYPES = truth_types(("text", "image"))
 GROUND_TRUTH_FILE = "ground_truth.tsv"
 CONFLICTS_FILE = "conflicts.tsv"
 _GT_HEADER = ["userID", "itemID", "x_label", "type"]
@@ -395,14 +409,21 @@ def write_truth(data: SyntheticData, folder: Path) -> None:
     atomic_write_text(folder / CONFLICTS_FILE, "\n".join(lines) + "\n")
 
 
-def read_ground_truth(folder: Path) -> GroundTruth | None:
-    r"""Reads ``folder/ground_truth.tsv`` (written by the generator); :obj:`None` when the
-    folder has none (a real dataset).
+def read_ground_truth(folder: Path, modalities: Sequence[str] = ("text", "image")
+                      ) -> GroundTruth | None:
+    r"""Reads ``folder/ground_truth.tsv`` (written by the generator, or by hand); :obj:`None`
+    when the folder has none (a real dataset).
+
+    Args:
+        folder (Path): The dataset's folder.
+        modalities (list of str, optional): The dataset's modalities; a type is one of
+            :func:`truth_types` of them. (default: the generator's, ``("text", "image")``)
 
     Raises:
         DataError: The file exists but is not a ground-truth table (header, ids, labels or
             types), naming the line.
     """
+    types = truth_types(modalities)
     path = Path(folder) / GROUND_TRUTH_FILE
     if not path.is_file():
         return None
@@ -416,9 +437,9 @@ def read_ground_truth(folder: Path) -> GroundTruth | None:
         except ValueError:
             raise DataError(f"{path}, line {line}: userID, itemID and x_label must be "
                             f"integers, got {row[:3]}") from None
-        if values[2] not in (1, 2) or min(values) < 0 or row[3] not in TYPES:
+        if values[2] not in (1, 2) or min(values) < 0 or row[3] not in types:
             raise DataError(f"{path}, line {line}: expected ids >= 0, x_label 1 or 2 and a "
-                            f"type in {TYPES}, got {row}")
+                            f"type in {types}, got {row}")
         for column, value in zip(columns, values):
             column.append(value)
     users, items, labels = (np.asarray(c, dtype=np.int64) for c in columns)
