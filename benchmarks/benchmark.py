@@ -39,9 +39,8 @@ def measure(dataset: str, model_spec: str, epochs: int, evals: int, device: str,
             profile_steps: int, threads: int, steps: int = 0, cache_dir: str = "") -> dict:
     import torch
 
-    from brmrs_pyg.data.cards import load_card
-    from brmrs_pyg.pipeline import (Paths, build_evaluators, build_model, load_config,
-                                    load_data, resolve_device, seed_everything)
+    from brmrs_pyg.pipeline import (Paths, build_evaluators, build_model, card_of,
+                                    load_config, load_data, resolve_device, seed_everything)
     from brmrs_pyg.train import train_epoch
 
     name, _, data_dir = dataset.partition(":")
@@ -57,7 +56,7 @@ def measure(dataset: str, model_spec: str, epochs: int, evals: int, device: str,
         torch.set_num_threads(threads)
     dev = resolve_device(device)
     start, cpu_start = time.perf_counter(), time.process_time()
-    data = load_data(load_card(name, paths.dataset_cards), config, paths)
+    data = load_data(card_of(config, paths), config, paths)
     loaded = time.perf_counter()
     model = build_model(config, data, dev)
     setup = {"setup_s": time.perf_counter() - start, "data_s": loaded - start,

@@ -170,4 +170,8 @@ def main(argv: Sequence[str] | None = None, root: Path | None = None) -> int:
     except TrainingInterrupted as exc:  # SIGINT or SIGTERM: one line, no traceback
         print(exc, file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside training (loading data, building graphs)
+        print("interrupted (Ctrl-C) outside training; every file written so far is complete "
+              "(written atomically), nothing else was saved", file=sys.stderr)
+        return 130
     return 0

@@ -69,7 +69,8 @@ class RunConfig:
                              "syn_ref_grad, pool_size, hard_k)")
     uu_k: int = option(0, "neighbours per user in the user-user co-interaction graph "
                           "(0: no user-user graph)")
-    cache_dir: str = option("", "graph cache folder (default: ~/.cache/brmrs_pyg)")
+    cache_dir: str = option("", "cache folder of graphs, feature bases and text features "
+                                "(default: ~/.cache/brmrs_pyg)")
     save_topk: bool = option(False, "write each test user's top-50 items to <out>/topk_test.tsv")
     checkpoint_every: int = option(5, "write <out>/last.pt (for --resume) every N epochs and at "
                                       "the end; 0: never")

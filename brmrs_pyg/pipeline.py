@@ -29,6 +29,7 @@ from brmrs_pyg.evaluation import Evaluator
 from brmrs_pyg.graphs import GraphSpec, load_or_build_graph
 from brmrs_pyg.interactions import PairIndex
 from brmrs_pyg.io import atomic_save_npz, atomic_write_json, atomic_write_text
+from brmrs_pyg.nn.features import basis_cache
 from brmrs_pyg.recommenders import MODELS, Recommender
 from brmrs_pyg.recommenders.branched import BranchedRecommender, PluginParams
 from brmrs_pyg.threads import set_threads
@@ -227,7 +228,9 @@ def build_model(config: Config, data: InteractionData, device: torch.device) -> 
     spec = GraphSpec(knn_k=run.knn_k, ii_recipe=run.ii_recipe, ii_mix=run.ii_mix,
                      uu_k=run.uu_k)
     graph = load_or_build_graph(data, spec, cache_dir_of(config))
-    model = model_cls.from_data(config.model, graph, data.features, config.run.embedding_dim)
+    with basis_cache(cache_dir_of(config)):  # principal bases of the features, see nn.features
+        model = model_cls.from_data(config.model, graph, data.features,
+                                    config.run.embedding_dim)
     if config.plugin is not None:
         assert isinstance(model, BranchedRecommender)
         model.attach_plugin(config.plugin)
@@ -259,11 +262,11 @@ def run(config: Config, paths: Paths, out_dir: Path,
     run_cfg = config.run
     check_out_dir(out_dir, resume is not None)
     device = resolve_device(run_cfg.device)
-    set_threads(run_cfg.threads, device)
     with deterministic_algorithms(run_cfg.deterministic):
         seed_everything(run_cfg.seed)
         card = card_of(config, paths)
         data = load_data(card, config, paths)
+        set_threads(run_cfg.threads, device)
         fingerprint = data.fingerprint()
         if resume is not None:
             check_config(resume, config.flat(), out_dir / "last.pt")
@@ -321,7 +324,7 @@ def _train_and_report(model: Recommender, data: InteractionData, config: Config,
     log.info("dataset %s: %d users, %d items, %d/%d/%d train/valid/test, modalities %s",
              data.name, data.num_users, data.num_items, stats["num_train"], stats["num_valid"],
              stats["num_test"], stats["modalities"])
-    log.info("model %s on %s", model, device)
+    log.info("model %s on %s, %d CPU threads", model, device, torch.get_num_threads())
     train_index, evaluators = build_evaluators(data, device, run_cfg.eval_batch_size)
     settings = TrainSettings(epochs=run_cfg.epochs, batch_size=run_cfg.batch_size,
                              lr=run_cfg.lr, patience=run_cfg.patience,

@@ -133,8 +133,8 @@ def test_one_modality_and_params_validation():
 def test_plugin_is_refused_with_the_reason(tmp_path, capsys):
     from brmrs_pyg.cli import main
     from tests.conftest import REPO
-    code = main(["--model", "bm3", "--data-dir", str(tmp_path / "d"), "--epochs", "1",
-                 "plugin=brmrs", f"out={tmp_path / 'bm3'}"], root=REPO)
+    code = main(["--dataset", "synthetic", "--model", "bm3", "--data-dir", str(tmp_path / "d"),
+                 "--epochs", "1", "plugin=brmrs", f"out={tmp_path / 'bm3'}"], root=REPO)
     assert code == 2
     err = capsys.readouterr().err
     assert "model bm3 cannot take it" in err and "per-modality ranking scores" in err

@@ -176,3 +176,19 @@ def test_training_step_on_cuda_has_no_host_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert loss.device.type == "cuda"
+
+
+def test_pipeline_caches_the_feature_bases(project, tmp_path, monkeypatch):
+    from brmrs_pyg import pipeline
+
+    cli = {"dataset": "tiny", "model": "brmrs", "cache_dir": str(tmp_path / "cache"),
+           "feature_dim": 2}
+    config = pipeline.load_config(pipeline.Paths(project), [("cli", cli)])
+    expected = {m: prepare_features(x, 2) for m, x in tiny_data().features.items()}
+    first = pipeline.build_model(config, tiny_data(), torch.device("cpu"))
+    assert len(list((tmp_path / "cache" / "bases").glob("pca-*x2-*.pt"))) == 2  # m0, m1
+    monkeypatch.setattr(torch.linalg, "eigh", None)  # a second build must not compute them
+    second = pipeline.build_model(config, tiny_data(), torch.device("cpu"))
+    for m in ("m0", "m1"):
+        assert torch.equal(getattr(first, f"feat_{m}"), expected[m])
+        assert torch.equal(getattr(second, f"feat_{m}"), expected[m])

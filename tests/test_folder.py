@@ -211,3 +211,13 @@ def test_out_never_lands_among_a_users_files(mmrec_folder, project, capsys):
                  f"cache_dir={project / 'cache'}"], root=project)
     assert code == 2 and "holds files that are not a run's" in capsys.readouterr().err
     assert snapshot(mmrec_folder) == before
+
+
+def test_ctrl_c_outside_training_is_one_line(project, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("brmrs_pyg.pipeline.load_or_build_graph", interrupted)
+    code = main(["--dataset", "tiny", *FAST, f"cache_dir={project / 'cache'}"], root=project)
+    err = capsys.readouterr().err
+    assert code == 130 and "interrupted (Ctrl-C) outside training" in err
+    assert "Traceback" not in err
