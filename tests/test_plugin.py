@@ -105,7 +105,8 @@ def test_models_without_branches_refuse_the_plugin(tmp_path, capsys) -> None:
     from brmrs_pyg.cli import main
     from tests.conftest import REPO
     for model, why in (("lightgcn", "per-modality and fused"), ("brmrs", "already")):
-        code = main(["--model", model, "--data-dir", str(tmp_path / "d"), "--epochs", "1",
-                     "plugin=brmrs", f"out={tmp_path / model}"], root=REPO)
+        code = main(["--dataset", "synthetic", "--model", model, "--data-dir",
+                     str(tmp_path / "d"), "--epochs", "1", "plugin=brmrs",
+                     f"out={tmp_path / model}"], root=REPO)
         assert code == 2
         assert why in capsys.readouterr().err
