@@ -221,3 +221,19 @@ def test_ctrl_c_outside_training_is_one_line(project, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert code == 130 and "interrupted (Ctrl-C) outside training" in err
     assert "Traceback" not in err
+
+
+def test_own_version_of_a_carded_dataset_runs_under_another_name(tmp_path, project, capsys):
+    # a folder named like a card (baby.inter) whose sizes differ from the card's: the card's
+    # check explains, and another name reads the folder without the card
+    folder = tmp_path / "mybaby"
+    folder.mkdir()
+    write_inter(folder / "baby.inter")
+    np.save(folder / "image_feat.npy", np.ones((20, 4096), dtype=np.float32))
+    np.save(folder / "text_feat.npy", np.ones((20, 384), dtype=np.float32))
+    base = ["--data-dir", str(folder), "--model", "lightgcn", *FAST,
+            f"cache_dir={project / 'cache'}"]
+    assert main([*base, "--out", str(tmp_path / "a")], root=project) == 2
+    assert "--dataset my_baby --data-dir DIR" in capsys.readouterr().err
+    assert main([*base, "--dataset", "my_baby", "--out", str(tmp_path / "b")],
+                root=project) == 0

@@ -336,7 +336,9 @@ def _check_expected(card: DatasetCard, num_users: int, num_items: int, n: int) -
     if wrong:
         raise DataError(f"dataset {card.name!r} does not match its card {card.path} ("
                         + "; ".join(wrong) + "); the files are a different version of the "
-                        "data set, or the card is wrong")
+                        "data set, or the card is wrong. To run on these files as they are, "
+                        "give them a name without a card: --dataset my_"
+                        f"{card.name} --data-dir DIR (an MMRec folder is read without a card)")
 
 
 def _check_pairs(users: np.ndarray, items: np.ndarray, labels: np.ndarray, num_items: int,
