@@ -15,6 +15,10 @@ hits :math:`h_1..h_K \in \{0,1\}`:
 
 each averaged over users. Users are scored in chunks, so memory is
 :math:`O(\text{chunk} \times |\mathcal{I}|)` whatever the number of users.
+
+With a candidate set (the cold-start protocol, ``split=cold_items``: the split's cold items)
+every item outside it is masked as well, so a user's list ranks the candidates only; the
+held-out items must all be candidates.
 """
 from __future__ import annotations
 
@@ -95,16 +99,35 @@ class Evaluator:
         heldout (PairIndex): The split's interactions (the relevant items).
         chunk_size (int, optional): Users scored at once. (default: :obj:`4096`)
         ks (tuple, optional): Cut-offs. (default: :obj:`(5, 10, 20, 50)`)
+        candidates (Tensor, optional): The only items ranked, ids of shape :math:`(C,)`; every
+            held-out item must be one. (default: :obj:`None`, all items)
+
+    >>> train = PairIndex.from_edges(torch.tensor([[0], [0]]), num_users=1, num_items=4)
+    >>> test = PairIndex.from_edges(torch.tensor([[0], [3]]), num_users=1, num_items=4)
+    >>> ev = Evaluator(train, test, ks=(1,), candidates=torch.tensor([2, 3]))
+    >>> ev.evaluate(lambda users: torch.tensor([[9.0, 8.0, 1.0, 2.0]])).metrics["recall@1"]
+    1.0
     """
 
     def __init__(self, train: PairIndex, heldout: PairIndex, chunk_size: int = 4096,
-                 ks: tuple[int, ...] = TOPKS) -> None:
+                 ks: tuple[int, ...] = TOPKS, candidates: Tensor | None = None) -> None:
         self.train = train
         self.heldout = heldout
         self.chunk_size = chunk_size
         self.ks = ks
         eligible = (heldout.degree() > 0) & (train.degree() > 0)
         self.users = torch.nonzero(eligible).view(-1)
+        #: :math:`(|\mathcal{I}|,)` items masked for every user (outside ``candidates``), or
+        #: :obj:`None`.
+        self.excluded: Tensor | None = None
+        if candidates is not None:
+            excluded = torch.ones(train.num_items, dtype=torch.bool, device=heldout.col.device)
+            excluded[candidates.to(excluded.device)] = False
+            if bool(excluded[heldout.col].any()):
+                item = int(heldout.col[excluded[heldout.col]][0])
+                raise ValueError(f"held-out item {item} is not a candidate: every held-out "
+                                 "item must be among the candidates, or it could never be hit")
+            self.excluded = excluded
 
     @torch.no_grad()
     def evaluate(self, scorer: Scorer, return_topk: bool = False,
@@ -125,6 +148,8 @@ class Evaluator:
                                  f"({users.numel()}, {num_items})")
             rows, items = self.train.pairs_of(users)
             scores[rows, items] = -float("inf")
+            if self.excluded is not None:
+                scores.masked_fill_(self.excluded, -float("inf"))
             rows, items = self.heldout.pairs_of(users)
             heldout = torch.zeros_like(scores, dtype=torch.bool)
             heldout[rows, items] = True

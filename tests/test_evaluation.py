@@ -7,15 +7,16 @@ from brmrs_pyg.evaluation import Evaluator
 from brmrs_pyg.interactions import PairIndex
 
 
-def naive_per_user(scores, train, heldout, ks):
+def naive_per_user(scores, train, heldout, ks, candidates=None):
     """Per-user loop straight from the definitions (DESIGN.md section 4): ``{key: {user:
-    value}}`` for the users that are evaluated."""
+    value}}`` for the users that are evaluated; with ``candidates`` (a set) only those items
+    are ranked."""
     out = {f"{m}@{k}": {} for m in ("recall", "ndcg", "precision", "map") for k in ks}
     for u in range(scores.size(0)):
         if not heldout.get(u) or not train.get(u):
             continue
         ranked = [i for i in sorted(range(scores.size(1)), key=lambda i: -scores[u, i].item())
-                  if i not in train[u]]
+                  if i not in train[u] and (candidates is None or i in candidates)]
         pos = heldout[u]
         for k in ks:
             hits = [1.0 if i in pos else 0.0 for i in ranked[:k]]
@@ -129,3 +130,33 @@ def test_per_user_metrics_match_naive_loop_and_average_to_the_metrics(chunk_size
         assert values.mean().item() == pytest.approx(result.metrics[key], abs=1e-6)
     assert result.topk is None
     assert ev.evaluate(lambda users: scores[users]).per_user is None
+
+
+@pytest.mark.parametrize("chunk_size", [2, 100])
+def test_candidates_match_naive_loop_over_the_candidates(chunk_size):
+    # the cold-start protocol: only 8 of 30 items are ranked, every held-out item among them;
+    # user 0 has 5 held-out candidates (more than K=3), user 6 has no training item (skipped)
+    gen = torch.Generator().manual_seed(4)
+    num_users, num_items, ks = 7, 30, (1, 3, 5, 10)
+    scores = torch.randn(num_users, num_items, generator=gen)
+    candidates = [2, 5, 7, 11, 13, 17, 19, 23]
+    warm = [i for i in range(num_items) if i not in candidates]
+    train = {u: set(warm[u:u + 3 + u]) for u in range(num_users - 1)}
+    heldout = {u: set(candidates[u:u + 1 + u % 3]) for u in range(num_users)}
+    heldout[0] = set(candidates[:5])
+    ev = Evaluator(to_index(train, num_users, num_items), to_index(heldout, num_users, num_items),
+                   chunk_size=chunk_size, ks=ks, candidates=torch.tensor(candidates))
+    result = ev.evaluate(lambda users: scores[users], return_topk=True, return_per_user=True)
+    expected = naive_per_user(scores, train, heldout, ks, set(candidates))
+    assert result.num_users == 6
+    for key, values in expected.items():
+        assert result.per_user[key].tolist() == pytest.approx(list(values.values()), abs=1e-6)
+    # a list holds candidates only, padded with -1 beyond the 8 of them
+    assert set(result.topk[:, :8].reshape(-1).tolist()) <= set(candidates)
+    assert (result.topk[:, 8:] == -1).all()
+
+
+def test_candidates_must_hold_every_heldout_item():
+    train = to_index({0: {0}}, 1, 5)
+    with pytest.raises(ValueError, match="held-out item 4 is not a candidate"):
+        Evaluator(train, to_index({0: {3, 4}}, 1, 5), candidates=torch.tensor([1, 2, 3]))
