@@ -2,10 +2,58 @@ r"""Negative sampling: plain functions on the model's device, vectorised, no Pyt
 samples and no device-to-host synchronisation."""
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import torch
 from torch import Tensor
 
 from brmrs_pyg.interactions import PairIndex
+
+
+@dataclass(frozen=True)
+class SubsetPairIndex(PairIndex):
+    r"""Training pairs over a subset of the items, the only ones :func:`sample_negatives`
+    draws from: with the cold-start protocol the warm items, so that a cold item is never
+    trained on as a negative (which would teach the model that users dislike it, from no
+    interaction at all).
+
+    The pairs are renumbered: item ``items[j]`` is item ``j`` of the index (so ``num_items``
+    is the subset's size); use it for sampling, not for masking or lookups by item id.
+
+    Attributes:
+        items (Tensor): :math:`(|S|,)` the subset's item ids, ascending.
+    """
+
+    items: Tensor
+
+    @classmethod
+    def over(cls, edges: Tensor, num_users: int, num_items: int, items: Tensor,
+             device: torch.device | str = "cpu") -> "SubsetPairIndex":
+        r"""The index of ``edges`` (:math:`(2, E)`, user and item ids among ``num_items``)
+        over the subset ``items``, which must hold every item of ``edges``.
+
+        >>> idx = SubsetPairIndex.over(torch.tensor([[0], [2]]), 1, 5, torch.tensor([0, 2, 4]))
+        >>> negatives = sample_negatives(torch.zeros(100, dtype=torch.long), idx)
+        >>> sorted(set(negatives.view(-1).tolist()))
+        [0, 4]
+        """
+        items = items.sort().values
+        position = torch.full((num_items,), -1, dtype=torch.long)
+        position[items] = torch.arange(items.numel())
+        renumbered = position[edges[1].cpu()]
+        if bool((renumbered < 0).any()):
+            raise ValueError(f"item {int(edges[1][renumbered < 0][0])} of the pairs is not in "
+                             "the subset")
+        base = PairIndex.from_edges(torch.stack([edges[0].cpu(), renumbered]), num_users,
+                                    items.numel(), device)
+        return cls(**{f.name: getattr(base, f.name) for f in fields(PairIndex)},
+                   items=items.to(device))
+
+    def to(self, device: torch.device | str) -> "SubsetPairIndex":
+        r"""The same index on ``device``."""
+        base = PairIndex.to(self, device)
+        return SubsetPairIndex(**{f.name: getattr(base, f.name) for f in fields(PairIndex)},
+                               items=self.items.to(device))
 
 
 def sample_negatives(users: Tensor, train: PairIndex, num_samples: int = 1,
@@ -17,10 +65,13 @@ def sample_negatives(users: Tensor, train: PairIndex, num_samples: int = 1,
     has *not* interacted with. With the user's sorted positives :math:`p_0 < p_1 < \dots`, that
     item is :math:`r + c`, where :math:`c = |\{k : p_k - k \le r\}|` (:math:`p_k - k` counts the
     non-positives below :math:`p_k`), found by one ``searchsorted`` over ``train.gap_keys``.
+    With a :class:`SubsetPairIndex` the items are its subset: the draw is uniform over
+    :math:`S \setminus \mathcal{O}_u` and returns item ids.
 
     Args:
         users (Tensor): User ids, shape :math:`(B,)`, on the device of ``train``.
-        train (PairIndex): The training interactions (positives to exclude).
+        train (PairIndex): The training interactions (positives to exclude), or a
+            :class:`SubsetPairIndex`.
         num_samples (int, optional): Negatives per user. (default: :obj:`1`)
         generator (torch.Generator, optional): Random generator on the same device.
 
@@ -37,6 +88,8 @@ def sample_negatives(users: Tensor, train: PairIndex, num_samples: int = 1,
     rank = torch.minimum((u * num_free[:, None]).long(), num_free[:, None].long() - 1)
     base = users[:, None] * train.num_items
     count = torch.searchsorted(train.gap_keys, base + rank, right=True) - train.rowptr[users, None]
+    if isinstance(train, SubsetPairIndex):
+        return train.items[rank + count]
     return rank + count
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from brmrs_pyg.interactions import PairIndex
-from brmrs_pyg.sampling import sample_negatives
+from brmrs_pyg.sampling import SubsetPairIndex, sample_negatives
 
 
 def random_index(num_users, num_items, seed):
@@ -33,6 +33,25 @@ def test_covers_exactly_the_complement_uniformly():
     counts = torch.bincount(neg.view(-1), minlength=7).float() / 40000
     assert counts[[1, 2, 5]].sum() == 0
     assert torch.allclose(counts[[0, 3, 4, 6]], torch.full((4,), 0.25), atol=0.01)
+
+
+def test_subset_index_draws_uniformly_from_its_items_only():
+    # items 3 and 6 are outside the subset (cold); user 0 has items {1, 5}: its negatives are
+    # {0, 2, 4} with probability 1/3 each, never a cold item or a positive
+    edges = torch.tensor([[0, 0, 1], [5, 1, 0]])
+    index = SubsetPairIndex.over(edges, 2, 7, torch.tensor([5, 0, 1, 2, 4]))
+    assert index.num_items == 5 and index.items.tolist() == [0, 1, 2, 4, 5]
+    torch.manual_seed(0)
+    neg = sample_negatives(torch.zeros(30000, dtype=torch.long), index)
+    counts = torch.bincount(neg.view(-1), minlength=7).float() / 30000
+    assert counts[[1, 3, 5, 6]].sum() == 0
+    assert torch.allclose(counts[[0, 2, 4]], torch.full((3,), 1 / 3), atol=0.01)
+    assert index.to("cpu").items.tolist() == index.items.tolist()
+
+
+def test_subset_index_refuses_pairs_outside_the_subset():
+    with pytest.raises(ValueError, match="item 3 of the pairs is not in the subset"):
+        SubsetPairIndex.over(torch.tensor([[0], [3]]), 1, 5, torch.tensor([0, 1, 2]))
 
 
 def test_user_with_one_free_item():
