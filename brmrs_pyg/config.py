@@ -27,6 +27,9 @@ II_RECIPES = ("cosine", "mixed")
 #: Loss plug-ins (``plugin``): ``brmrs`` adds CHNS and the synergy-aware BPR to a model with
 #: per-modality and fused branches, see :mod:`brmrs_pyg.recommenders.branched`.
 PLUGINS = ("brmrs",)
+#: Train/valid/test protocols (``split``): the dataset's own ``x_label`` split, or cold-start
+#: items (:func:`brmrs_pyg.data.coldstart.cold_item_split`).
+SPLIT_PROTOCOLS = ("given", "cold_items")
 
 
 class ConfigError(ValueError):
@@ -49,6 +52,14 @@ class RunConfig:
     generator: str = option("", "synthetic generator overrides over the card's generator: "
                                 "block, comma-separated key=value (e.g. gamma_s=2,regime=synergy)")
     seed: int = option(999, "random seed for torch, numpy and python")
+    split: str = option("given", "train/valid/test protocol: 'given' (the dataset's x_label) "
+                                 "or 'cold_items' (a random cold_ratio of the items, with all "
+                                 "their interactions, held out of training: half of them "
+                                 "valid, half test; each ranked among its own cold items)")
+    cold_ratio: float = option(0.2, "share of the items held out as cold items with "
+                                    "split=cold_items")
+    split_seed: int = option(0, "seed of the cold-item draw with split=cold_items (not seed: "
+                                "every seed and model sees the same cold items)")
     epochs: int = option(1000, "maximum number of training epochs")
     out: str = option("", "output folder (default: runs/<dataset>-<model>-s<seed>-<time>)")
     device: str = option("auto", "'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
@@ -87,6 +98,16 @@ class RunConfig:
                               f"got {self.ii_recipe!r}")
         if self.plugin and self.plugin not in PLUGINS:
             raise ConfigError(f"plugin must be '' or one of {PLUGINS}, got {self.plugin!r}")
+        if self.split not in SPLIT_PROTOCOLS:
+            raise ConfigError(f"split must be one of {SPLIT_PROTOCOLS}, got {self.split!r}")
+        if not 0.0 < self.cold_ratio < 1.0:
+            raise ConfigError(f"cold_ratio must lie in (0, 1), got {self.cold_ratio}")
+        if self.split != "cold_items":
+            # a non-default value would be silently ignored (a saved config holds the defaults)
+            for f in dataclasses.fields(self):
+                if f.name in ("cold_ratio", "split_seed") and getattr(self, f.name) != f.default:
+                    raise ConfigError(f"{f.name}={getattr(self, f.name)} applies to "
+                                      "split=cold_items only: add split=cold_items, or drop it")
         if not 0.0 <= self.ii_mix <= 1.0:
             raise ConfigError(f"ii_mix must lie in [0, 1], got {self.ii_mix}")
         for key in ("threads", "checkpoint_every", "uu_k"):

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from brmrs_pyg.data.cards import DatasetCard, ModalitySpec
+from brmrs_pyg.data.coldstart import ColdItems, users_without_training
 from brmrs_pyg.data.errors import DataError, MissingFilesError
 from brmrs_pyg.data.encoders import built_features
 
@@ -31,7 +32,9 @@ SPLITS = {0: "train", 1: "valid", 2: "test"}
 
 @dataclass
 class InteractionData:
-    r"""A validated dataset: interactions per split and item features per modality.
+    r"""A validated dataset: interactions per split and item features per modality, and with
+    the cold-start protocol (:func:`~brmrs_pyg.data.coldstart.cold_item_split`) the cold items
+    of valid and test (``cold``; :obj:`None` for the dataset's given split).
 
     Shapes:
         - **train**, **valid**, **test**: :math:`(2, |E_{split}|)`, rows (user id, item id).
@@ -45,6 +48,7 @@ class InteractionData:
     valid: Tensor
     test: Tensor
     features: dict[str, Tensor]
+    cold: ColdItems | None = None
 
     def split(self, name: str) -> Tensor:
         r"""The interactions of split ``"train"``, ``"valid"`` or ``"test"``."""
@@ -59,14 +63,25 @@ class InteractionData:
             "num_valid": self.valid.size(1), "num_test": self.test.size(1),
             "density": n / (self.num_users * self.num_items),
             "modalities": {m: int(x.size(1)) for m, x in self.features.items()},
+            **self._cold_stats(),
         }
 
+    def _cold_stats(self) -> dict[str, object]:
+        if self.cold is None:
+            return {}
+        return {"num_cold_valid_items": self.cold.valid.numel(),
+                "num_cold_test_items": self.cold.test.numel(),
+                "num_users_without_train": users_without_training(self)}
+
     def fingerprint(self) -> str:
-        r"""SHA-256 hex digest of the sizes, every split and every feature matrix: equal
-        digests mean the same data (a resumed run checks it against its checkpoint)."""
+        r"""SHA-256 hex digest of the sizes, every split, the cold items (when there are) and
+        every feature matrix: equal digests mean the same data (a resumed run checks it
+        against its checkpoint)."""
         h = hashlib.sha256(f"{self.num_users}|{self.num_items}".encode())
+        cold = [] if self.cold is None else [("cold_valid", self.cold.valid),
+                                             ("cold_test", self.cold.test)]
         for name, tensor in (("train", self.train), ("valid", self.valid), ("test", self.test),
-                             *sorted(self.features.items())):
+                             *cold, *sorted(self.features.items())):
             array = tensor.contiguous().numpy()
             h.update(f"|{name}|{array.dtype}|{array.shape}|".encode())
             h.update(array.tobytes())
