@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
+from brmrs_pyg.config import ConfigError
 from brmrs_pyg.evaluation import Scorer
 from brmrs_pyg.registry import Registry
 
@@ -98,6 +99,13 @@ class Recommender(torch.nn.Module):
     supports_plugin: ClassVar[bool] = False
     plugin_refusal: ClassVar[str] = "it does not expose per-modality and fused scores"
 
+    #: Whether the model can rank cold items (``split=cold_items``: items with features and
+    #: no training interaction), i.e. represent an item from its features alone; if not, why.
+    #: A model that can reads every item ID embedding through :meth:`without_cold_ids`.
+    supports_cold_items: ClassVar[bool] = False
+    cold_refusal: ClassVar[str] = ("it represents an item by its ID embedding alone, which "
+                                   "an item without training interactions has never trained")
+
     @classmethod
     def from_data(cls, params: Any, graph: HeteroData, features: dict[str, Tensor],
                   embedding_dim: int) -> "Recommender":
@@ -112,6 +120,41 @@ class Recommender(torch.nn.Module):
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         r"""The objective of a batch and its terms (detached, for logging)."""
         raise NotImplementedError
+
+    def set_cold_items(self, cold: Tensor) -> None:
+        r"""Marks the items where ``cold`` (boolean, :math:`(|\mathcal{I}|,)`) is true as cold:
+        from then on :meth:`without_cold_ids` zeroes their ID embedding rows, so that a cold
+        item is represented from its features alone, as an item the model has never seen
+        would be (its ID row would otherwise keep its random initialisation, noise in every
+        score, or be trained through a feature graph from its neighbours' interactions).
+
+        Raises:
+            ConfigError: The model cannot represent an item from its features
+                (:attr:`supports_cold_items`).
+        """
+        if not self.supports_cold_items:
+            raise ConfigError(f"model {type(self).__name__} cannot rank cold items: "
+                              f"{self.cold_refusal}")
+        device = next(self.parameters()).device
+        keep = (~cold.bool()).to(device=device, dtype=torch.float).unsqueeze(1)
+        if "warm_rows" in self._buffers:
+            self.warm_rows = keep
+        else:
+            self.register_buffer("warm_rows", keep, persistent=False)
+
+    def without_cold_ids(self, table: Tensor) -> Tensor:
+        r"""``table`` with the rows of the cold items (:meth:`set_cold_items`) set to zero;
+        ``table`` itself when there are none. Its last :math:`|\mathcal{I}|` rows are the
+        items': an item ID table, or one over users then items.
+
+        Shapes:
+            - **table**: :math:`(N, d)` with :math:`N \ge |\mathcal{I}|`; **output**: the same.
+        """
+        keep: Tensor | None = self._buffers.get("warm_rows")
+        if keep is None:
+            return table
+        users, items = table.split([table.size(0) - keep.size(0), keep.size(0)])
+        return torch.cat([users, items * keep]) if users.numel() else items * keep
 
     def start_epoch(self) -> None:
         r"""Called by the trainer before each training epoch, e.g. to re-sample a pruned

@@ -91,6 +91,10 @@ class BM3(Recommender):
         "it ranks by one representation only: its modality projections are trained to align "
         "with item ID representations, never to score users, so it has no per-modality "
         "ranking scores for CHNS and the synergy loss to compare")
+    cold_refusal: ClassVar[str] = (
+        "it ranks by ID representations only: its feature projections are trained to align "
+        "with them but never enter a score, so an item without training interactions has "
+        "nothing but an untrained ID embedding")
 
     def __init__(self, num_users: int, embedding_dim: int, adj_t: Tensor, backbone: Backbone,
                  features: dict[str, Tensor], params: BM3Params) -> None:

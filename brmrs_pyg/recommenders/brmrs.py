@@ -75,6 +75,12 @@ class BRMRS(BranchedRecommender):
     lets CHNS compare their confusions. The loss is :func:`cross_modal_objective` plus L2 on
     the batch's ID embeddings.
 
+    Cold items (``split=cold_items``): :math:`\mathbf{e}_i = \mathbf{0}`, so
+    :math:`\mathbf{q}^{(m,0)}_i = \mathbf{W}_m \mathbf{x}^m_i`, which reaches the item's
+    output directly and through its item-item kNN graph (zero rather than the untrained
+    initial value, which would add noise to every score; see
+    :meth:`~brmrs_pyg.recommenders.base.Recommender.set_cold_items`).
+
     Args:
         num_users (int): Number of users.
         embedding_dim (int): Width :math:`d` of every representation.
@@ -86,6 +92,7 @@ class BRMRS(BranchedRecommender):
     Params = BRMRSParams
     uses_item_graphs = True
     uses_user_graph = True
+    supports_cold_items = True
     supports_plugin = False
     plugin_refusal = "it trains with CHNS and the synergy loss already (keys lambda_h, lambda_s)"
 
@@ -144,7 +151,7 @@ class BRMRS(BranchedRecommender):
 
     def branches(self) -> dict[str, tuple[Tensor, Tensor]]:
         r"""User and item embeddings of every branch: each modality, then ``"fused"``."""
-        user0, id0 = self.user_emb.weight, self.item_emb.weight
+        user0, id0 = self.user_emb.weight, self.without_cold_ids(self.item_emb.weight)
         out: dict[str, tuple[Tensor, Tensor]] = {}
         for m in self.modalities:
             projection: torch.nn.Module = self.proj[m]

@@ -62,6 +62,10 @@ class Concat(BranchedRecommender):
     through common parameters (no longer late fusion) and count the collaborative part
     :math:`M` times in :math:`s_f`. ``shared_ids=True`` is that variant, for ablation.
 
+    Cold items (``split=cold_items``): :math:`\mathbf{e}^{(m)}_i = \mathbf{0}`, so each branch
+    starts from the projected features :math:`\mathbf{W}_m \mathbf{x}^m_i` (zero rather
+    than the untrained initial value, which would add noise to every score).
+
     Args:
         num_users (int): Number of users.
         embedding_dim (int): Width :math:`d` of each branch.
@@ -73,6 +77,7 @@ class Concat(BranchedRecommender):
 
     Params = ConcatParams
     uses_item_graphs = True
+    supports_cold_items = True
 
     def __init__(self, num_users: int, embedding_dim: int, features: dict[str, Tensor],
                  channels: ModalityChannels, shared_ids: bool, reg_weight: float) -> None:
@@ -123,7 +128,8 @@ class Concat(BranchedRecommender):
             table = self._table(m)
             projection: torch.nn.Module = self.proj[m]
             user0 = self.user_emb[table].weight
-            item0 = self.item_emb[table].weight + projection(getattr(self, f"feat_{m}"))
+            ids: torch.nn.Embedding = self.item_emb[table]  # type: ignore[assignment]
+            item0 = self.without_cold_ids(ids.weight) + projection(getattr(self, f"feat_{m}"))
             out[m] = self.channels(m, user0, item0)
         out[FUSED] = (torch.cat([out[m][0] for m in self.modalities], 1),
                       torch.cat([out[m][1] for m in self.modalities], 1))

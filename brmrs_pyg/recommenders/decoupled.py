@@ -95,6 +95,10 @@ class Decoupled(BranchedRecommender):
     pushing each modality's shared and specific parts apart, and L2 on the batch's ID
     embeddings. The BPR terms use the uniform negative (column 0 of ``batch.neg``).
 
+    Cold items (``split=cold_items``): :math:`\mathbf{e}_i = \mathbf{0}`, so
+    :math:`\mathbf{q}^{(m,0)}_i = \mathbf{s}^{(m)}_i + \mathbf{z}^{(m)}_i` (zero rather than
+    the untrained initial value, which would add noise to every score).
+
     Args:
         num_users (int): Number of users.
         embedding_dim (int): Width :math:`d` of every representation.
@@ -106,6 +110,7 @@ class Decoupled(BranchedRecommender):
 
     Params = DecoupledParams
     uses_item_graphs = True
+    supports_cold_items = True
 
     def __init__(self, num_users: int, embedding_dim: int, features: dict[str, Tensor],
                  channels: ModalityChannels, fusion: type[Fusion],
@@ -167,10 +172,10 @@ class Decoupled(BranchedRecommender):
         r"""Each modality's branch (ID + shared + specific parts, propagated), then
         ``"fused"`` (the fusion of the branches)."""
         out: dict[str, tuple[Tensor, Tensor]] = {}
+        ids = self.without_cold_ids(self.item_emb.weight)
         for m in self.modalities:
             shared, specific = self.parts(m)
-            out[m] = self.channels(m, self.user_emb.weight,
-                                   self.item_emb.weight + shared + specific)
+            out[m] = self.channels(m, self.user_emb.weight, ids + shared + specific)
         out[FUSED] = (self.user_fusion([out[m][0] for m in self.modalities]),
                       self.item_fusion([out[m][1] for m in self.modalities]))
         return out

@@ -76,6 +76,10 @@ class DRAGON(BranchedRecommender):
     :class:`~brmrs_pyg.recommenders.dualgnn.UserGraph`); the unused item modality weights,
     trainable feature copies and edge-dropping masks of the reference code are absent.
 
+    Cold items (``split=cold_items``): items have no ID embedding, so a cold item (no edge in
+    the training graph) is its modalities' normalised feature projections plus their
+    aggregation over the frozen item-item graph.
+
     Args:
         num_users (int): Number of users.
         embedding_dim (int): Width :math:`d` of each modality's block (the fused
@@ -89,6 +93,7 @@ class DRAGON(BranchedRecommender):
 
     Params = DRAGONParams
     uses_user_graph = True
+    supports_cold_items = True
 
     def __init__(self, num_users: int, embedding_dim: int, features: dict[str, Tensor],
                  ui_adj_t: Tensor, user_graph: UserGraph, item_graph: tuple[Tensor, Tensor],

@@ -230,6 +230,9 @@ class DualGNN(BranchedRecommender):
     which the reference code creates and regularises but never uses. The edge dropping it
     prepares is unused in its forward pass, and absent here.
 
+    Cold items (``split=cold_items``): items have no ID embedding, so a cold item (no edge in
+    the training graph) is the sum of its modalities' normalised feature projections.
+
     Args:
         num_users (int): Number of users.
         embedding_dim (int): Width :math:`d`.
@@ -241,6 +244,7 @@ class DualGNN(BranchedRecommender):
 
     Params = DualGNNParams
     uses_user_graph = True
+    supports_cold_items = True
 
     def __init__(self, num_users: int, embedding_dim: int, features: dict[str, Tensor],
                  ui_adj_t: Tensor, user_graph: UserGraph, params: DualGNNParams) -> None:

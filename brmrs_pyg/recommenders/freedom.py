@@ -125,6 +125,11 @@ class FREEDOM(BranchedRecommender):
     and :math:`\mathcal{R}` is L2 on the batch's ID embeddings (0 by default, as the
     reference code has none).
 
+    Cold items (``split=cold_items``): their rows of :math:`\mathbf{E}_I` are zero (rather
+    than the untrained initial value, which would add noise to every score), so
+    :math:`\mathbf{q}_i = \mathbf{h}_i`, the ID embeddings of its feature neighbours in
+    :math:`\mathbf{S}`.
+
     Branches (for ``plugin=brmrs``): modality :math:`m` is :math:`(\mathbf{p},
     \mathbf{f}^m)`, the scores its :math:`\lambda` term trains; ``fused`` is
     :math:`(\mathbf{p}, \mathbf{q})`.
@@ -140,6 +145,7 @@ class FREEDOM(BranchedRecommender):
     """
 
     Params = FREEDOMParams
+    supports_cold_items = True
 
     def __init__(self, num_users: int, embedding_dim: int, features: dict[str, Tensor],
                  ui_pairs: Tensor, ui_weight: Tensor, item_graph: tuple[Tensor, Tensor],
@@ -205,10 +211,11 @@ class FREEDOM(BranchedRecommender):
 
     def branches(self) -> dict[str, tuple[Tensor, Tensor]]:
         r"""``{m: (p, f^m) for each modality m, "fused": (p, q)}``, see the class docstring."""
-        ego = torch.cat([self.user_emb.weight, self.item_emb.weight])
+        ids = self.without_cold_ids(self.item_emb.weight)
+        ego = torch.cat([self.user_emb.weight, ids])
         users, items = self.ui_gnn(ego, self.user_item_adj()).split(
             [self.num_users, self.num_items])
-        items = items + self.ii_gnn(self.item_emb.weight, self.adj_item)
+        items = items + self.ii_gnn(ids, self.adj_item)
         out: dict[str, tuple[Tensor, Tensor]] = {}
         for m in self.modalities:
             projection: torch.nn.Module = self.proj[m]

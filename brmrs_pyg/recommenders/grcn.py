@@ -98,6 +98,11 @@ class GRCN(ModalGCNRecommender):
     preferences unchanged); the penalty omits MMRec's extra term on all users' visual
     preferences (it covers one hard-coded modality).
 
+    Cold items (``split=cold_items``): their ID embeddings are zero, so :math:`\mathbf{x}^{id}_i
+    = \mathbf{0}` and a cold item scores by its modality representations, its content
+    :math:`\mathbf{c}_i` (it has no edge to refine); zero rather than the untrained initial
+    value, which would add noise to every score.
+
     Args:
         num_users (int): Number of users.
         embedding_dim (int): Width :math:`d` of the ID embeddings.
@@ -113,6 +118,7 @@ class GRCN(ModalGCNRecommender):
     """
 
     Params = GRCNParams
+    supports_cold_items = True
 
     def __init__(self, num_users: int, embedding_dim: int, features: dict[str, Tensor],
                  edge_index: Tensor, params: GRCNParams) -> None:
@@ -161,7 +167,7 @@ class GRCN(ModalGCNRecommender):
     def id_representation(self, weight: Tensor) -> Tensor:
         r""":math:`\mathbf{x}^{id}`: the normalised ID embeddings plus every layer of their
         propagation over the refined graph."""
-        h = F.normalize(self.id_emb)
+        h = F.normalize(self.without_cold_ids(self.id_emb))
         out = h
         for _ in range(self.params.id_layers):
             h = self.graph.aggregate(h, weight)

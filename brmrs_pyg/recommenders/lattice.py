@@ -73,6 +73,11 @@ class LATTICE(BranchedRecommender):
     modality's learned graph before mixing (done here); the reference code normalises their
     weighted sum.
 
+    Cold items (``split=cold_items``): their rows of :math:`\mathbf{E}_I` are zero (rather
+    than the untrained initial value, which would add noise to every score), so
+    :math:`\mathbf{q}_i = \mathbf{h}_i / \lVert \mathbf{h}_i \rVert`: the ID embeddings of
+    its feature neighbours, LATTICE's own cold-start mechanism.
+
     Branches (for ``plugin=brmrs``): modality :math:`m` is :math:`(\mathbf{p},
     \bar{\mathbf{e}}_I + \mathbf{h}^m / \lVert \mathbf{h}^m \rVert)` with
     :math:`\mathbf{h}^m = (\mathbf{A}^m)^{L_i} \mathbf{E}_I`, the item representation that
@@ -89,6 +94,7 @@ class LATTICE(BranchedRecommender):
     """
 
     Params = LATTICEParams
+    supports_cold_items = True
 
     def __init__(self, num_users: int, embedding_dim: int, features: dict[str, Tensor],
                  adj_t: Tensor, knn_k: int, params: LATTICEParams) -> None:
@@ -164,11 +170,12 @@ class LATTICE(BranchedRecommender):
     def branches(self) -> dict[str, tuple[Tensor, Tensor]]:
         r"""``{m: (p, e_I + h^m/|h^m|) for each modality m, "fused": (p, q)}``, see the class
         docstring."""
-        ego = torch.cat([self.user_emb.weight, self.item_emb.weight])
+        ids = self.without_cold_ids(self.item_emb.weight)
+        ego = torch.cat([self.user_emb.weight, ids])
         users, items = self.ui_gnn(ego, self.adj_t).split([self.num_users, self.num_items])
         out: dict[str, tuple[Tensor, Tensor]] = {}
         for name, (edge_index, weight) in self.item_graphs().items():
-            h = self.ii_gnn(self.item_emb.weight, edge_index, weight)
+            h = self.ii_gnn(ids, edge_index, weight)
             out[name] = (users, items + F.normalize(h, dim=1))
         return out
 

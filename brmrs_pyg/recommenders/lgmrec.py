@@ -157,6 +157,13 @@ class LGMRec(BranchedRecommender):
     representation built from modality :math:`m`'s local and global embeddings only;
     ``fused`` is :math:`\mathbf{E}`.
 
+    Cold items (``split=cold_items``): their rows of :math:`\mathbf{E}_I` are zero (rather
+    than the untrained initial value, which would add noise to every score). A cold item has
+    no edge in the training graph, so :math:`\mathbf{E}^c_i = \mathbf{0}`, and
+    :math:`\mathbf{E}^m_i = \mathbf{0}` unless :math:`L_m = 0`: it is represented by its
+    hypergraph embeddings, the warm items' collaborative embeddings gathered through the
+    hyperedges its features depend on.
+
     Args:
         num_users (int): Number of users.
         embedding_dim (int): Width :math:`d` of the embeddings and projections.
@@ -168,6 +175,7 @@ class LGMRec(BranchedRecommender):
     """
 
     Params = LGMRecParams
+    supports_cold_items = True
 
     def __init__(self, num_users: int, embedding_dim: int, features: dict[str, Tensor],
                  adj_t: Tensor, ui_pairs: Tensor, params: LGMRecParams) -> None:
@@ -228,7 +236,7 @@ class LGMRec(BranchedRecommender):
     def embeddings(self) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         r""":math:`\mathbf{E}^c`, and per modality :math:`\mathbf{E}^m` and
         :math:`\mathbf{G}^m`, each :math:`(|\mathcal{U}| + |\mathcal{I}|, d)`, users first."""
-        ego = torch.cat([self.user_emb.weight, self.item_emb.weight])
+        ego = torch.cat([self.user_emb.weight, self.without_cold_ids(self.item_emb.weight)])
         collab = self.ui_gnn(ego, self.adj_t)
         items = collab[self.num_users:]
         local, hyper = {}, {}

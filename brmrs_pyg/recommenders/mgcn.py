@@ -142,6 +142,11 @@ class MGCN(BranchedRecommender):
     :math:`1/(|\mathcal{M}|+1)` average of the shared and the gated specific parts follows
     the reference code.
 
+    Cold items (``split=cold_items``): their rows of :math:`\mathbf{E}_i` are zero (rather
+    than the untrained initial value, which would add noise to every score), so a cold item's
+    ID view and purified embedding are zero and it is represented by its modality views,
+    :math:`\mathbf{S}_m^{L_i}` over its feature neighbours' purified embeddings.
+
     Branches (for ``plugin=brmrs``): modality :math:`m` is :math:`\bar{\mathbf{E}} +
     \mathbf{E}_m`, the ID view plus modality :math:`m`'s own view (what the model would
     score with :math:`m`'s view alone, without the fuser's averaging); ``fused`` is
@@ -161,6 +166,7 @@ class MGCN(BranchedRecommender):
     """
 
     Params = MGCNParams
+    supports_cold_items = True
 
     def __init__(self, num_users: int, embedding_dim: int, features: dict[str, Tensor],
                  adj_t: Tensor, ui_matrix: Tensor,
@@ -217,12 +223,13 @@ class MGCN(BranchedRecommender):
         r""":math:`\dot{\mathbf{E}}_{i,m}`, the item ID embeddings gated by the modality's
         projected features, :math:`(|\mathcal{I}|, d)`."""
         projected = self.proj[modality](self.features[modality])
-        return self.item_emb.weight * torch.sigmoid(self.purifier[modality](projected))
+        ids = self.without_cold_ids(self.item_emb.weight)
+        return ids * torch.sigmoid(self.purifier[modality](projected))
 
     def views(self) -> tuple[Tensor, dict[str, Tensor]]:
         r"""The ID view :math:`\bar{\mathbf{E}}` and every modality's view
         :math:`\mathbf{E}_m`, each :math:`(|\mathcal{U}| + |\mathcal{I}|, d)`, users first."""
-        ego = torch.cat([self.user_emb.weight, self.item_emb.weight])
+        ego = torch.cat([self.user_emb.weight, self.without_cold_ids(self.item_emb.weight)])
         behaviour = self.ui_gnn(ego, self.adj_t)
         views = {}
         for m in self.modalities:

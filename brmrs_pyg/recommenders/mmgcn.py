@@ -143,6 +143,11 @@ class MMGCN(ModalGCNRecommender):
     MMRec's effective defaults are kept: mean aggregation, concatenation (its ``concate`` is
     the string ``'False'``, which is true), three layers and ID embeddings.
 
+    Cold items (``split=cold_items``): their rows of :math:`\mathbf{E}` are zero, so a cold
+    item (which has no neighbour in the training graph) is its projected features passed
+    through each layer's self and combination maps (zero rather than the untrained initial
+    value, which would add noise to every score).
+
     Args:
         num_users (int): Number of users.
         embedding_dim (int): Width :math:`d` of the ID embeddings and layer outputs.
@@ -153,6 +158,7 @@ class MMGCN(ModalGCNRecommender):
     """
 
     Params = MMGCNParams
+    supports_cold_items = True
 
     def __init__(self, num_users: int, embedding_dim: int, features: dict[str, Tensor],
                  edge_index: Tensor, params: MMGCNParams) -> None:
@@ -199,7 +205,7 @@ class MMGCN(ModalGCNRecommender):
         items."""
         pref, content = self.inputs(m)
         x = F.normalize(torch.cat([pref, content]))
-        id_emb = self.id_emb if self.params.has_id else None
+        id_emb = self.without_cold_ids(self.id_emb) if self.params.has_id else None
         for layer in self.gcns[m]:  # type: ignore[attr-defined]
             x = layer(x, self.aggregate, id_emb)
         return x

@@ -79,6 +79,12 @@ class VBPR(BranchedRecommender):
     With ``item_bias=False`` (MMRec's VBPR) there are no :math:`\beta_i` and
     :math:`\boldsymbol{\beta}'`, and the bias coordinate is dropped from every branch.
 
+    Cold items (``split=cold_items``): :math:`\boldsymbol{\gamma}_i = \mathbf{0}` and
+    :math:`\beta_i = 0`, so :math:`s(u, i) = \langle \boldsymbol{\theta}_u, \mathbf{E}
+    \mathbf{f}_i \rangle + \boldsymbol{\beta}'^\top \mathbf{f}_i`, the paper's cold-start
+    score (zero rather than the untrained random :math:`\boldsymbol{\gamma}_i`, which would add
+    noise to every score).
+
     Args:
         num_users (int): Number of users.
         embedding_dim (int): Size :math:`d` of both :math:`\boldsymbol{\gamma}` and
@@ -101,6 +107,7 @@ class VBPR(BranchedRecommender):
     """
 
     Params = VBPRParams
+    supports_cold_items = True
 
     def __init__(self, num_users: int, embedding_dim: int, features: dict[str, Tensor],
                  reg_weight: float, content_reg: float = 0.0, reg_norm: bool = False,
@@ -162,9 +169,9 @@ class VBPR(BranchedRecommender):
         content = torch.stack([out[m][1] for m in self.modalities]).sum(0)
         if item_bias is not None:  # add beta_i to the summed content bias, the last column
             visual, bias = content.split([content.size(1) - 1, 1], 1)
-            content = torch.cat([visual, bias + item_bias.weight], 1)
+            content = torch.cat([visual, bias + self.without_cold_ids(item_bias.weight)], 1)
         out[FUSED] = (torch.cat([self.user_gamma.weight, modal_user], 1),
-                      torch.cat([self.item_gamma.weight, content], 1))
+                      torch.cat([self.without_cold_ids(self.item_gamma.weight), content], 1))
         return out
 
     def branch_loss(self, batch: Batch, branches: Branches) -> tuple[Tensor, dict[str, Tensor]]:
