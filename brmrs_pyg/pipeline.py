@@ -21,6 +21,7 @@ from brmrs_pyg import __version__
 from brmrs_pyg.checkpoint import check_config, check_data, read_training_checkpoint
 from brmrs_pyg.config import Config, ConfigError, RunConfig, resolve
 from brmrs_pyg.data.cards import DatasetCard
+from brmrs_pyg.data.coldstart import cold_item_split
 from brmrs_pyg.data.folder import dataset_card
 from brmrs_pyg.data.mmrec import InteractionData, load_dataset
 from brmrs_pyg.data.synthetic import (SyntheticSpec, ensure_generated, overrides_tag,
@@ -32,6 +33,7 @@ from brmrs_pyg.io import atomic_save_npz, atomic_write_json, atomic_write_text
 from brmrs_pyg.nn.features import basis_cache
 from brmrs_pyg.recommenders import MODELS, Recommender
 from brmrs_pyg.recommenders.branched import BranchedRecommender, PluginParams
+from brmrs_pyg.sampling import SubsetPairIndex
 from brmrs_pyg.threads import set_threads
 from brmrs_pyg.train import Checkpointing, TrainSettings, train
 
@@ -191,7 +193,10 @@ def load_data(card: DatasetCard, config: Config, paths: Paths) -> InteractionDat
     run's ``generator`` overrides applied over it).
 
     A model that uses no item features (``uses_features``) reads none unless ``modalities``
-    names some, so LightGCN runs on a folder that holds only the interactions."""
+    names some, so LightGCN runs on a folder that holds only the interactions.
+
+    With ``split=cold_items`` the validated data are re-split here, the one place where a run
+    applies its split (:func:`~brmrs_pyg.data.coldstart.cold_item_split`)."""
     overrides = parse_generator_overrides(config.run.generator)
     if overrides and card.generator is None:
         raise ConfigError(f"generator={config.run.generator!r}: dataset {card.name!r} is not "
@@ -207,8 +212,11 @@ def load_data(card: DatasetCard, config: Config, paths: Paths) -> InteractionDat
         for note in card.notes:
             log.info("note: %s", note)
     features = bool(config.run.modalities) or MODELS.get(config.run.model).uses_features
-    return load_dataset(card, data_dir, config.run.modalities, cache_dir_of(config),
+    data = load_dataset(card, data_dir, config.run.modalities, cache_dir_of(config),
                         with_features=features)
+    if config.run.split == "cold_items":
+        data = cold_item_split(data, config.run.cold_ratio, config.run.split_seed)
+    return data
 
 
 def build_model(config: Config, data: InteractionData, device: torch.device) -> Recommender:
@@ -220,6 +228,11 @@ def build_model(config: Config, data: InteractionData, device: torch.device) -> 
     if run.ii_recipe != "cosine" and not model_cls.uses_item_graphs:
         raise ConfigError(f"ii_recipe={run.ii_recipe}: model {run.model} does not use "
                           "item-item graphs")
+    if data.cold is not None and not model_cls.supports_cold_items:
+        raise ConfigError(f"split=cold_items: model {run.model} cannot rank cold items, "
+                          f"{model_cls.cold_refusal}; models that can: "
+                          + ", ".join(n for n in MODELS.names()
+                                      if MODELS.get(n).supports_cold_items))
     if model_cls.uses_features and not data.features:
         raise ConfigError(f"model {run.model} needs item features, and dataset {data.name!r} "
                           "has no modality (only its interactions file); models that use none: "
@@ -234,20 +247,34 @@ def build_model(config: Config, data: InteractionData, device: torch.device) -> 
     if config.plugin is not None:
         assert isinstance(model, BranchedRecommender)
         model.attach_plugin(config.plugin)
+    if data.cold is not None:
+        model.set_cold_items(data.cold.mask(data.num_items))
     return model.to(device)
 
 
 def build_evaluators(data: InteractionData, device: torch.device, chunk_size: int
                      ) -> tuple[PairIndex, dict[str, Evaluator]]:
-    r"""The training-interaction index (for the sampler and masking) and an evaluator for
-    ``"valid"`` and for ``"test"``, on ``device``."""
+    r"""The training-interaction index of the negative sampler and an evaluator for
+    ``"valid"`` and for ``"test"``, on ``device``.
+
+    With cold items (``split=cold_items``) each split ranks its own cold items only, a third
+    evaluator ``"test_all_items"`` ranks the test split among all items, and the sampler's
+    index is a :class:`~brmrs_pyg.sampling.SubsetPairIndex` over the warm items, so that no
+    cold item is trained on as a negative."""
     train_index = PairIndex.from_edges(data.train, data.num_users, data.num_items, device)
+    cold = data.cold
     evaluators = {
         split: Evaluator(train_index, PairIndex.from_edges(data.split(split), data.num_users,
                                                            data.num_items, device),
-                         chunk_size=chunk_size)
+                         chunk_size=chunk_size, candidates=None if cold is None else cold.of(split))
         for split in ("valid", "test")}
-    return train_index, evaluators
+    if cold is None:
+        return train_index, evaluators
+    evaluators["test_all_items"] = Evaluator(train_index, evaluators["test"].heldout,
+                                             chunk_size=chunk_size)
+    warm = torch.nonzero(~cold.mask(data.num_items)).view(-1)
+    return (SubsetPairIndex.over(data.train, data.num_users, data.num_items, warm, device),
+            evaluators)
 
 
 def run(config: Config, paths: Paths, out_dir: Path,
@@ -324,6 +351,12 @@ def _train_and_report(model: Recommender, data: InteractionData, config: Config,
     log.info("dataset %s: %d users, %d items, %d/%d/%d train/valid/test, modalities %s",
              data.name, data.num_users, data.num_items, stats["num_train"], stats["num_valid"],
              stats["num_test"], stats["modalities"])
+    if data.cold is not None:
+        log.info("cold-item split (cold_ratio=%g, split_seed=%d): %d valid and %d test cold "
+                 "items, each split ranked among its own; %d users have no training interaction "
+                 "left (cold users) and are not evaluated", run_cfg.cold_ratio,
+                 run_cfg.split_seed, stats["num_cold_valid_items"],
+                 stats["num_cold_test_items"], stats["num_users_without_train"])
     log.info("model %s on %s, %d CPU threads", model, device, torch.get_num_threads())
     train_index, evaluators = build_evaluators(data, device, run_cfg.eval_batch_size)
     settings = TrainSettings(epochs=run_cfg.epochs, batch_size=run_cfg.batch_size,
@@ -332,9 +365,13 @@ def _train_and_report(model: Recommender, data: InteractionData, config: Config,
     flat = config.flat()
     result = train(model, data.train.to(device), train_index, evaluators["valid"],
                    evaluators["test"], settings, checkpoints, resume)
+    extra: dict[str, Any] = {}
+    if "test_all_items" in evaluators:  # the model holds its best-valid weights
+        model.eval()
+        extra["test_all_items"] = evaluators["test_all_items"].evaluate(model.scorer()).metrics
     results: dict[str, Any] = {
         "config": flat, "dataset": stats, "best_epoch": result.best_epoch,
-        "valid": result.valid, "test": result.test,
+        "valid": result.valid, "test": result.test, **extra,
         "timings": {"seconds_per_epoch": result.seconds_per_epoch,
                     "seconds_per_eval": result.seconds_per_eval,
                     "threads": torch.get_num_threads()},
@@ -350,6 +387,9 @@ def _train_and_report(model: Recommender, data: InteractionData, config: Config,
     atomic_write_json(out_dir / "results.json", results)
     log.info("best epoch %d | valid %s | test %s", result.best_epoch,
              _fmt(result.valid), _fmt(result.test))
+    if extra:
+        log.info("test among all items (not only the cold ones) %s",
+                 _fmt(extra["test_all_items"]))
     return results
 
 
