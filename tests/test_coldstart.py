@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from brmrs_pyg import pipeline
 from brmrs_pyg.cli import main
@@ -14,6 +15,8 @@ from brmrs_pyg.config import ConfigError, resolve
 from brmrs_pyg.data.coldstart import ColdItems, cold_item_split, draw_cold_items
 from brmrs_pyg.data.errors import DataError
 from brmrs_pyg.data.mmrec import InteractionData
+from brmrs_pyg.experiments.coldstart import cold_popularity, feature_knn_scorer
+from brmrs_pyg.experiments.coldstart import main as coldstart_main
 from brmrs_pyg.graphs import UI, GraphSpec, build_graph, knn_edge_type
 from brmrs_pyg.recommenders import MODELS
 from brmrs_pyg.recommenders.base import Batch
@@ -248,3 +251,42 @@ def test_run_reports_cold_and_all_items_metrics(project, tmp_path, caplog):
         results["test_all_items"]["recall@20"], abs=1e-6)
     log = (out / "train.log").read_text()
     assert "6 valid and 6 test cold items" in log and "0 users have no training" in log
+
+
+def test_feature_knn_baseline_is_the_mean_cosine_to_the_users_items():
+    data = cold_tiny_data()
+    scores = feature_knn_scorer(data)(torch.arange(5))
+    trained = {}
+    for u, i in data.train.T.tolist():
+        trained.setdefault(u, []).append(i)
+    for u in range(5):
+        for i in range(8):
+            expected = sum(
+                sum(float(F.cosine_similarity(x[i], x[j], dim=0)) for j in trained[u])
+                / len(trained[u]) for x in data.features.values()) / len(data.features)
+            assert float(scores[u, i]) == pytest.approx(expected, abs=1e-5)
+
+
+def test_cold_popularity_baseline_reads_the_nearest_warm_items():
+    data = cold_tiny_data()
+    popularity = [2, 2, 2, 1, 1, 1]  # training interactions of the warm items 0..5
+    scores = cold_popularity(data, k=2)
+    assert scores[:6].tolist() == popularity
+    for i in (6, 7):
+        per_modality = []
+        for x in data.features.values():
+            sims = [float(F.cosine_similarity(x[i], x[j], dim=0)) for j in range(6)]
+            nearest = sorted(range(6), key=lambda j: -sims[j])[:2]
+            per_modality.append(sum(popularity[j] for j in nearest) / 2)
+        assert float(scores[i]) == pytest.approx(sum(per_modality) / len(per_modality))
+
+
+def test_baselines_command_prints_the_table(project, tmp_path, capsys):
+    out = tmp_path / "baselines.json"
+    assert coldstart_main(["--dataset", "tiny", f"cache_dir={project / 'cache'}",
+                           "cold_ratio=0.3", "--seeds", "1,2", "--out", str(out)],
+                          root=project) == 0
+    assert "| feature_knn | " in capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert len(saved["baselines"]["random"]) == 2 and saved["config"]["split"] == "cold_items"
+    assert saved["dataset"]["num_cold_test_items"] == 6
