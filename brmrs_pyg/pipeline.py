@@ -35,7 +35,7 @@ from brmrs_pyg.recommenders import MODELS, Recommender
 from brmrs_pyg.recommenders.branched import BranchedRecommender, PluginParams
 from brmrs_pyg.sampling import SubsetPairIndex
 from brmrs_pyg.threads import set_threads
-from brmrs_pyg.train import Checkpointing, TrainSettings, train
+from brmrs_pyg.train import Checkpointing, EpochCallback, TrainSettings, train
 
 log = logging.getLogger(__name__)
 
@@ -278,13 +278,15 @@ def build_evaluators(data: InteractionData, device: torch.device, chunk_size: in
 
 
 def run(config: Config, paths: Paths, out_dir: Path,
-        resume: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        resume: Mapping[str, Any] | None = None,
+        on_epoch: EpochCallback | None = None) -> dict[str, Any]:
     r"""Trains and evaluates one configuration; writes ``results.json`` (and the
     checkpoints, and ``topk_test.tsv`` with ``save_topk``) into ``out_dir``. Returns the
     results.
 
     With ``resume`` (a ``last.pt`` payload from :func:`resume_config`), training continues
     after the checkpoint's epoch; the dataset must be the one the run was trained on.
+    ``on_epoch`` is :func:`~brmrs_pyg.train.train`'s per-epoch callback (a search's pruner).
     """
     run_cfg = config.run
     check_out_dir(out_dir, resume is not None)
@@ -311,7 +313,8 @@ def run(config: Config, paths: Paths, out_dir: Path,
                          paths.dataset_cards / f"{card.name}.yaml")
             checkpoints = Checkpointing(out_dir, run_cfg.checkpoint_every,
                                         {"config": config.flat(), "data": fingerprint})
-            return _train_and_report(model, data, config, device, checkpoints, resume)
+            return _train_and_report(model, data, config, device, checkpoints, resume,
+                                     on_epoch)
 
 
 def check_out_dir(out_dir: Path, resuming: bool) -> None:
@@ -343,7 +346,8 @@ def log_to_file(path: Path) -> Iterator[None]:
 
 def _train_and_report(model: Recommender, data: InteractionData, config: Config,
                       device: torch.device, checkpoints: Checkpointing,
-                      resume: Mapping[str, Any] | None) -> dict[str, Any]:
+                      resume: Mapping[str, Any] | None,
+                      on_epoch: EpochCallback | None = None) -> dict[str, Any]:
     r"""The training and reporting half of :func:`run`."""
     run_cfg = config.run
     out_dir = checkpoints.folder
@@ -364,7 +368,7 @@ def _train_and_report(model: Recommender, data: InteractionData, config: Config,
                              valid_metric=run_cfg.valid_metric)
     flat = config.flat()
     result = train(model, data.train.to(device), train_index, evaluators["valid"],
-                   evaluators["test"], settings, checkpoints, resume)
+                   evaluators["test"], settings, checkpoints, resume, on_epoch)
     extra: dict[str, Any] = {}
     if "test_all_items" in evaluators:  # the model holds its best-valid weights
         model.eval()

@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 #: caught at most this many batches late, and the weights it spoiled are never saved.
 CHECK_EVERY = 16
 
+#: ``on_epoch(epoch, valid score) -> stop?`` of :func:`train`.
+EpochCallback = Callable[[int, float], bool]
+
 
 class TrainingError(RuntimeError):
     r"""Training cannot go on (e.g. a loss became NaN or infinite)."""
@@ -175,8 +178,8 @@ def evaluate_finite(evaluator: Evaluator, scorer: Scorer, what: str) -> EvalResu
 
 def train(model: Recommender, train_edges: Tensor, train_index: PairIndex,
           valid: Evaluator, test: Evaluator, settings: TrainSettings,
-          checkpoints: Checkpointing | None = None, resume: Mapping[str, Any] | None = None
-          ) -> TrainResult:
+          checkpoints: Checkpointing | None = None, resume: Mapping[str, Any] | None = None,
+          on_epoch: EpochCallback | None = None) -> TrainResult:
     r"""Trains ``model`` until ``settings.epochs`` or early stopping, then restores the
     best-valid weights.
 
@@ -191,6 +194,10 @@ def train(model: Recommender, train_edges: Tensor, train_index: PairIndex,
         resume (dict, optional): A ``last.pt`` payload (its config and data checked by the
             caller, :mod:`brmrs_pyg.checkpoint`): training continues after its epoch, with
             its weights, optimiser, state and random generators.
+        on_epoch (callable, optional): Called after every epoch as ``on_epoch(epoch,
+            score)`` with that epoch's valid ``settings.valid_metric``; returning :obj:`True`
+            ends training there as early stopping does (a hyperparameter search prunes a
+            trial this way); what it raises propagates. (default: :obj:`None`)
 
     Raises:
         TrainingError: A loss term or a score became NaN or infinite.
@@ -230,6 +237,9 @@ def train(model: Recommender, train_edges: Tensor, train_index: PairIndex,
             last.keep(state)
             if signals.requested():
                 raise _interrupted(last, signals, f"after epoch {epoch}", state)
+            if on_epoch is not None and on_epoch(epoch, score):
+                log.info("stopped after epoch %d by the on_epoch callback", epoch)
+                break
         if state.waited >= settings.patience:
             log.info("early stop: no %s improvement for %d epochs; best epoch %d (%.4f)",
                      settings.valid_metric, settings.patience, state.best_epoch,
