@@ -2,10 +2,11 @@ r"""``run.py suite NAME``: one command per suite of :mod:`brmrs_pyg.experiments`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from brmrs_pyg import __version__
 from brmrs_pyg.config import ConfigError
@@ -115,13 +116,22 @@ def run_suite_cli(argv: Sequence[str], paths: Paths) -> None:
     args = build_parser().parse_intermixed_args(argv)
     ctx = context_of(args, paths)
     pyplot()  # before any training: a missing extra must not wait for the end of a suite
+    with experiment_lines_only(not args.verbose):
+        run_suite(args.name, ctx)
+
+
+@contextlib.contextmanager
+def experiment_lines_only(enabled: bool = True) -> Iterator[None]:
+    r"""While the block runs, the terminal (the root logger's stderr handlers) shows only the
+    lines of :mod:`brmrs_pyg.experiments` (progress) and warnings, not each run's own log
+    (in its ``train.log`` anyway); does nothing unless ``enabled``."""
     quiet = _SuiteLinesOnly()
-    handlers = [] if args.verbose else [h for h in logging.getLogger().handlers
-                                        if getattr(h, "stream", None) is sys.stderr]
+    handlers = [h for h in logging.getLogger().handlers
+                if getattr(h, "stream", None) is sys.stderr] if enabled else []
     for handler in handlers:
         handler.addFilter(quiet)
     try:
-        run_suite(args.name, ctx)
+        yield
     finally:
         for handler in handlers:
             handler.removeFilter(quiet)
