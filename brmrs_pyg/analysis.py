@@ -41,7 +41,6 @@ the type) and the partition counts.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -50,17 +49,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from brmrs_pyg.config import Config
 from brmrs_pyg.data.mmrec import InteractionData
 from brmrs_pyg.data.synthetic import GroundTruth, read_ground_truth, truth_types
 from brmrs_pyg.interactions import PairIndex
 from brmrs_pyg.io import atomic_write_json
-from brmrs_pyg.pipeline import (Paths, build_model, card_of, data_dir_of, load_config,
-                                load_data)
+from brmrs_pyg.pipeline import Paths, data_dir_of
 from brmrs_pyg.recommenders.base import gather, row_scores
 from brmrs_pyg.recommenders.brmrs import FUSED
-from brmrs_pyg.threads import set_threads
 from brmrs_pyg.sampling import hardest_in_pool, sample_negatives
+from brmrs_pyg.restore import branch_embeddings, restore_run
 
 log = logging.getLogger(__name__)
 SPLIT_LABELS = {"valid": 1, "test": 2}
@@ -237,23 +234,6 @@ def choose_pair(names: list[str], modalities: tuple[str, ...] | None) -> tuple[s
     return modalities[0], modalities[1]
 
 
-def load_run(run_dir: Path, paths: Paths) -> tuple[Config, dict[str, Any]]:
-    r"""The config of the run in ``run_dir`` (from ``results.json``) and its ``best.pt``."""
-    results_path, best_path = run_dir / "results.json", run_dir / "best.pt"
-    for path, what in ((results_path, "a finished run writes it"),
-                       (best_path, "the best-valid weights, written during training")):
-        if not path.is_file():
-            raise AnalysisError(f"{run_dir} is not a finished run: no {path.name} ({what})")
-    try:
-        saved = json.loads(results_path.read_text())["config"]
-        payload = torch.load(best_path, map_location="cpu", weights_only=True)
-        weights = payload["model"]
-    except (ValueError, KeyError, TypeError, RuntimeError, OSError) as exc:
-        raise AnalysisError(f"{run_dir}: cannot read results.json or best.pt "
-                            f"({type(exc).__name__}: {exc})") from None
-    return load_config(paths, [(f"run {results_path}", saved)]), weights
-
-
 def analyze_run(run_dir: Path, paths: Paths, ks: tuple[int, ...] = (10, 20),
                 split: str = "test", plots: bool = True,
                 modalities: tuple[str, ...] | None = None, pool_size: int = 10,
@@ -279,26 +259,13 @@ def analyze_run(run_dir: Path, paths: Paths, ks: tuple[int, ...] = (10, 20),
     if split not in SPLIT_LABELS or not ks or min(ks) < 1 or pool_size < 1:
         raise AnalysisError(f"need split in {tuple(SPLIT_LABELS)}, cut-offs >= 1 and a pool "
                             f"size >= 1; got split={split!r}, ks={ks}, pool_size={pool_size}")
-    config, weights = load_run(run_dir, paths)
-    set_threads(config.run.threads, torch.device("cpu"))
-    card = card_of(config, paths)
-    data = load_data(card, config, paths)
-    model = build_model(config, data, torch.device("cpu"))
-    branches_of: Any = getattr(model, "branches", None)
-    if not callable(branches_of):
+    config, card, data, model = restore_run(run_dir, paths, device="cpu")
+    branches = {b: (u.float(), i.float()) for b, (u, i) in branch_embeddings(model).items()}
+    if len(branches) == 1:
         # a one-branch model: its ranking is all there is to analyse (recall, ranks and, on
         # synthetic data, recall per ground-truth type); nothing to partition or compare
         log.warning("model %r has no per-branch embeddings (branches()): no partition, "
                     "margins or confusion, only its own ranking", config.run.model)
-        branches_of = lambda: {FUSED: model()}  # noqa: E731
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise AnalysisError(f"{run_dir / 'best.pt'} does not fit the model its config "
-                            f"builds: {str(exc).splitlines()[0]}") from None
-    model.eval()
-    with torch.no_grad():
-        branches = {b: (u.float(), i.float()) for b, (u, i) in branches_of().items()}
     pair = (choose_pair([b for b in branches if b != FUSED], modalities)
             if len(branches) > 1 else None)
     report, margins = _report(data, branches, pair, sorted(set(ks)), split, pool_size, seed,
