@@ -1,0 +1,405 @@
+r"""Hyperparameter search on the validation split with Optuna (``run.py search``).
+
+The space is a model card's ``grid:`` block or a space file (:func:`.grid.parse_space`: lists
+are choices, ``{low, high[, log][, step]}`` ranges). Every trial is an ordinary run of
+:func:`brmrs_pyg.pipeline.run` in ``<out>/trials/<number>/`` on the first seed; the trainer
+reports the valid metric after every epoch (its best so far) and the pruner may stop it there
+(state ``PRUNED``, folder and ``results.json`` kept). The best *complete* trial by valid, never
+by test, is then run on every seed (:class:`.runner.Runner`, in ``<out>/best/``) and the outputs
+are written (:mod:`.search_report`).
+
+The study lives in an Optuna storage, by default ``sqlite:///<out>/study.db``, so that the same
+command continues it: ``trials`` counts finished trials (complete, pruned, or failed in
+training) in total, never "more". A trial stopped by Ctrl-C, SIGTERM or a crash is marked
+failed without an ``error`` attribute (interrupted), does not count, and its point is queued
+again; a trial left ``RUNNING`` by a killed process (SIGKILL, power loss) is recognised on the
+next start by its host and dead process id and handled the same way. Trials running on other
+machines of a shared ``--storage`` are left alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from brmrs_pyg import pipeline
+from brmrs_pyg.checkpoint import RESUMABLE_KEYS
+from brmrs_pyg.config import Config
+from brmrs_pyg.io import _running
+from brmrs_pyg.train import TrainingError
+
+from .grid import Grid, Range, grid_points, valid_score
+from .runner import SUITE_KEYS, Runner, SuiteError, Variant, _eta, override_text
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger(__name__)
+
+#: Samplers and pruners by their ``--sampler`` / ``--pruner`` names.
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "hyperband", "none")
+#: Config keys that may differ between the machines of one study (not part of its identity).
+MACHINE_KEYS = (RESUMABLE_KEYS - {"epochs"}) | {"out"}
+#: What a search writes into its folder; an existing ``--out`` may hold nothing else.
+SEARCH_FILES = frozenset({"study.db", "study.db-journal", "study.db-wal", "study.db-shm",
+                          "trials", "best", "search.json", "trials.csv", "best.txt",
+                          "best_card.yaml", "history.png", "importances.png"})
+#: A ``RUNNING`` trial without host (killed right after it was created) is stale after this.
+UNCLAIMED_SECONDS = 60.0
+HOST = socket.gethostname()
+
+
+class SearchError(SuiteError):
+    r"""A search cannot run as asked (optuna missing, a foreign ``--out``, a bad space)."""
+
+
+def import_optuna() -> Any:
+    r"""The ``optuna`` module, or :class:`SearchError` naming the extra that installs it."""
+    try:
+        import optuna
+    except ImportError:
+        raise SearchError("run.py search needs optuna, the optional extra 'search': "
+                          "pip install -e '.[search]'") from None
+    return optuna
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    r"""A search.
+
+    Args:
+        runner (Runner): Dataset, shared overrides and epochs of every run; its ``out`` is
+            where the best point's seeds run (``<out>/best``).
+        model (str): The model searched.
+        space (dict): Per key, a list of choices or a :class:`~.grid.Range`.
+        trials (int): Finished trials wanted in the study, in total.
+        out (Path): The search folder.
+        seeds (tuple): Seeds of the best point; trials use the first.
+        sampler (str, optional): ``tpe``, ``random`` or ``grid``. (default: ``"tpe"``)
+        pruner (str or optuna pruner, optional): ``median``, ``hyperband``, ``none``, or a
+            pruner object, used as it is (tests inject one). (default: ``"median"``)
+        storage (str, optional): An Optuna RDB URL (default: ``sqlite:///<out>/study.db``).
+    """
+
+    runner: Runner
+    model: str
+    space: Grid
+    trials: int
+    out: Path
+    seeds: tuple[int, ...] = (999, 1, 2)
+    sampler: str = "tpe"
+    pruner: Any = "median"
+    storage: str = ""
+
+    @property
+    def pruner_name(self) -> str:
+        return self.pruner if isinstance(self.pruner, str) else type(self.pruner).__name__
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{self.out.resolve() / 'study.db'}"
+
+    def config(self, params: Mapping[str, Any], seed: int, out: Path | None = None) -> Config:
+        r"""The resolved config of ``params`` on ``seed`` (into ``out``)."""
+        layers = self.runner.layers(variant_of(self.model, params), seed)
+        return pipeline.load_config(self.runner.settings.paths,
+                                    [*layers, ("search", {"out": str(out or "")})])
+
+
+def variant_of(model: str, params: Mapping[str, Any]) -> Variant:
+    r"""``params`` as a :class:`Variant` (``key=value`` text, in the space's order)."""
+    return Variant(model, tuple((k, override_text(v)) for k, v in params.items()))
+
+
+def check_space(settings: SearchSettings) -> None:
+    r"""Checks the space before anything runs: not empty, no key a flag or ``key=value``
+    sets, every choice and range end a valid config value, lists only for the grid
+    sampler."""
+    space = settings.space
+    if not space:
+        raise SearchError(f"the search space of {settings.model} is empty: give --space FILE "
+                          "or a grid: block in its model card")
+    fixed = sorted(set(space) & ({*SUITE_KEYS} | set(settings.runner.settings.overrides)))
+    if fixed:
+        raise SearchError(f"{', '.join(fixed)}: searched, and also set by a flag or "
+                          "key=value; drop one")
+    if settings.sampler == "grid" and settings.trials > len(grid_points(space)):  # no range
+        raise SearchError(f"--sampler grid: the grid has {len(grid_points(space))} points, "
+                          f"fewer than --trials {settings.trials}")
+    for key, domain in space.items():
+        ends = [domain.low, domain.high] if isinstance(domain, Range) else list(domain)
+        for value in ends:
+            settings.config({key: value}, settings.seeds[0])  # unknown key, wrong type
+    if any(isinstance(d, Range) and d.integer and d.log and d.step not in (None, 1)
+           for d in space.values()):
+        raise SearchError("an integer log range takes no step")
+
+
+def identity(settings: SearchSettings) -> dict[str, Any]:
+    r"""What makes two commands the same search: the resolved config of the first trial's
+    base (without machine-local keys such as ``threads``) and the space."""
+    base = settings.config({}, settings.seeds[0]).flat()
+    return {"config": {k: v for k, v in base.items()
+                       if k not in MACHINE_KEYS and k not in settings.space},
+            "space": {k: dataclasses.asdict(d) if isinstance(d, Range) else list(d)
+                      for k, d in settings.space.items()}}
+
+
+def study_name(ident: Mapping[str, Any]) -> str:
+    r"""``<model>-<dataset>-<hash of the identity>``, shared by every machine of a search."""
+    digest = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode())
+    config = ident["config"]
+    return f"{config['model']}-{config['dataset']}-{digest.hexdigest()[:10]}"
+
+
+def check_out(settings: SearchSettings) -> None:
+    r"""An existing ``--out`` is accepted only if it is empty or holds a search's files
+    alone (:data:`SEARCH_FILES`), with its ``study.db`` when that is the storage; that the
+    study is this search's is checked once it is open (:func:`open_study`)."""
+    out = settings.out
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise SearchError(f"--out {out}: not a folder")
+    names = {p.name for p in out.iterdir()}
+    foreign = sorted(names - SEARCH_FILES)
+    if foreign:
+        raise SearchError(f"--out {out} holds files that are not a search's ("
+                          f"{', '.join(foreign[:5])}); a search writes only into a new or empty "
+                          "folder, or continues its own (one with its study.db)")
+    if names and not settings.storage and "study.db" not in names:
+        raise SearchError(f"--out {out} holds search outputs but no study.db: it is not a "
+                          "search to continue with the default storage (give its --storage)")
+
+
+def open_study(settings: SearchSettings, ident: Mapping[str, Any]) -> "optuna.Study":
+    r"""Creates or loads the study of ``ident`` in the storage; refuses a folder whose
+    ``study.db`` holds another search."""
+    optuna = import_optuna()
+    name = study_name(ident)
+    fresh = not settings.out.exists() or not any(settings.out.iterdir())
+    settings.out.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(settings.storage_url)
+    names = optuna.get_all_study_names(storage)
+    if name not in names and settings.storage and not fresh:
+        raise SearchError(f"--out {settings.out} holds a search whose study is not in "
+                          f"--storage (no study {name} there); give another --out")
+    if name not in names and names and not settings.storage:
+        raise SearchError(f"--out {settings.out}: its study.db holds another search "
+                          f"({_difference(optuna, storage, names, ident)}); give another --out")
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                load_if_exists=True, sampler=_sampler(optuna, settings),
+                                pruner=_pruner(optuna, settings))
+    if "identity" not in study.user_attrs:
+        study.set_user_attr("identity", json.loads(json.dumps(ident, default=str)))
+    return study
+
+
+def _difference(optuna: Any, storage: Any, names: list[str], ident: Mapping[str, Any]) -> str:
+    # what differs from the first other study of the storage, for the refusal
+    if not names:
+        return "none"
+    theirs = optuna.load_study(study_name=names[0], storage=storage).user_attrs.get(
+        "identity", {})
+    mine = json.loads(json.dumps(ident, default=str))
+    diff = [f"space: {theirs.get('space')} there, {mine['space']} now"
+            if theirs.get("space") != mine["space"] else ""]
+    a, b = theirs.get("config", {}), mine["config"]
+    diff += [f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in sorted(set(a) | set(b))
+             if a.get(k) != b.get(k)]
+    return f"study {names[0]}; " + "; ".join(d for d in diff if d)
+
+
+def _sampler(optuna: Any, settings: SearchSettings) -> Any:
+    seed = settings.seeds[0]
+    if settings.sampler == "grid":
+        return optuna.samplers.GridSampler({k: list(v) for k, v in settings.space.items()
+                                            if not isinstance(v, Range)}, seed=seed)
+    if settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _pruner(optuna: Any, settings: SearchSettings) -> Any:
+    if not isinstance(settings.pruner, str):
+        return settings.pruner
+    if settings.pruner == "median":
+        # the first 5 trials are never pruned, nor any trial in its first 4 epochs, whose
+        # valid scores mostly reflect the initialisation
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5)
+    if settings.pruner == "hyperband":
+        epochs = settings.config({}, settings.seeds[0]).run.epochs
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+    return optuna.pruners.NopPruner()
+
+
+def counts(study: "optuna.Study") -> tuple[int, int]:
+    r"""Finished trials (complete, pruned, or failed in training: with an ``error``
+    attribute; a failed trial without one was interrupted) and trials running now."""
+    from optuna.trial import TrialState
+    done = running = 0
+    for t in study.get_trials(deepcopy=False):
+        running += t.state == TrialState.RUNNING
+        done += t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+            t.state == TrialState.FAIL and "error" in t.user_attrs)
+    return done, running
+
+
+def recover_stale(study: "optuna.Study") -> list[int]:
+    r"""Marks the ``RUNNING`` trials of dead processes of this host (and unclaimed ones) as
+    failed (without ``error``: interrupted) and queues their points again; returns their
+    numbers."""
+    from optuna.trial import TrialState
+    stale = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
+        age = time.time() - t.datetime_start.timestamp() if t.datetime_start else 0.0
+        if (host == HOST and pid is not None and not _running(int(pid))) or (
+                host is None and age > UNCLAIMED_SECONDS):
+            study.tell(t.number, state=TrialState.FAIL)
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            stale.append(t.number)
+    if stale:
+        log.info("trial(s) %s were left running by a process that died: marked failed "
+                 "(interrupted) and queued again", ", ".join(map(str, stale)))
+    return stale
+
+
+def suggest(trial: "optuna.Trial", space: Grid) -> dict[str, Any]:
+    r"""The trial's point: ``suggest_categorical`` for lists, ``suggest_int`` or
+    ``suggest_float`` for ranges."""
+    params: dict[str, Any] = {}
+    for key, d in space.items():
+        if not isinstance(d, Range):
+            params[key] = trial.suggest_categorical(key, list(d))
+        elif d.integer:
+            params[key] = trial.suggest_int(key, int(d.low), int(d.high),
+                                            step=int(d.step or 1), log=d.log)
+        else:
+            params[key] = trial.suggest_float(key, d.low, d.high, step=d.step, log=d.log)
+    return params
+
+
+def run_trial(trial: "optuna.Trial", settings: SearchSettings) -> float:
+    r"""The objective: one run into ``<out>/trials/<number>`` reporting its best valid score
+    after every epoch. Returns the run's valid score; raises ``TrialPruned`` when the pruner
+    stopped it (its ``results.json`` written first) and :class:`TrainingError` when training
+    failed (attribute ``error``). Any other exception (Ctrl-C, SIGTERM, a crash) marks it
+    failed without ``error`` (interrupted: not counted) and queues its point again before
+    it propagates."""
+    import optuna
+    folder = settings.out / "trials" / str(trial.number)
+    for key, value in {"host": HOST, "pid": os.getpid(), "folder": str(folder)}.items():
+        trial.set_user_attr(key, value)
+    params = suggest(trial, settings.space)
+    best, pruned = float("-inf"), False
+
+    def on_epoch(epoch: int, score: float) -> bool:
+        nonlocal best, pruned
+        best = max(best, score)
+        trial.report(best, epoch)
+        pruned = trial.should_prune()
+        return pruned
+
+    try:
+        config = settings.config(params, settings.seeds[0], folder)
+        results = pipeline.run(config, settings.runner.settings.paths, folder,
+                               on_epoch=on_epoch)
+    except TrainingError as exc:
+        trial.set_user_attr("error", str(exc))
+        raise
+    except BaseException:
+        trial.study.enqueue_trial(params, user_attrs={"retry_of": trial.number})
+        raise
+    if pruned:
+        raise optuna.TrialPruned(f"pruned after epoch {results['epochs_run']}")
+    return valid_score(results)
+
+
+def optimize(settings: SearchSettings, study: "optuna.Study") -> None:
+    r"""Runs trials until the study holds ``settings.trials`` finished ones (counting those
+    running elsewhere), one progress line per trial."""
+    import optuna
+    recover_stale(study)
+    spent: list[float] = []
+    while True:
+        done, running = counts(study)
+        if done + running >= settings.trials:
+            break
+        start = time.perf_counter()
+        mine: list[int] = []
+
+        def objective(trial: optuna.Trial) -> float:
+            mine.append(trial.number)
+            return run_trial(trial, settings)
+
+        study.optimize(objective, n_trials=1, catch=(TrainingError,))
+        spent.append(time.perf_counter() - start)
+        log.info(progress_line(study, mine[-1], spent, settings.trials))
+    if running:
+        log.info("%d trial(s) still running elsewhere: the best point is chosen among the "
+                 "finished ones; run the command again later to include them", running)
+
+
+def progress_line(study: "optuna.Study", number: int, spent: list[float], wanted: int) -> str:
+    r"""``trial N (i/T): STATE valid v | best b (trial k) | elapsed | ETA``."""
+    from optuna.trial import TrialState
+    trial = study.get_trials(deepcopy=False)[number]
+    done, _ = counts(study)
+    value = "-" if trial.value is None else f"{trial.value:.4f}"
+    if trial.state == TrialState.PRUNED:
+        value += f" at epoch {trial.last_step}"
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    top = best_trial(study) if complete else None
+    best = f"best {top.value:.4f} (trial {top.number})" if top else "best -"
+    return (f"trial {number} ({done}/{wanted}): {trial.state.name} valid {value} | {best} | "
+            f"{spent[-1]:.0f}s | ETA {_eta(spent, max(wanted - done, 0))}")
+
+
+def best_trial(study: "optuna.Study") -> "optuna.trial.FrozenTrial":
+    r"""The complete trial with the highest valid score (the first one on a tie); test
+    metrics are never looked at."""
+    from optuna.trial import TrialState
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        raise SearchError("no trial completed: there is no best point (see the trials' "
+                          "train.log for why they failed or were pruned)")
+    return max(complete, key=lambda t: (t.value, -t.number))
+
+
+def search(settings: SearchSettings) -> dict[str, Any]:
+    r"""Runs (or continues) the search, trains its best point on every seed and writes the
+    outputs (:func:`.search_report.write_outputs`); returns ``search.json``'s content."""
+    from .search_report import run_best, write_outputs
+    import_optuna()
+    if settings.trials < 1:
+        raise SearchError(f"--trials {settings.trials}: at least 1")
+    check_space(settings)
+    check_out(settings)
+    ident = identity(settings)
+    study = open_study(settings, ident)
+    log.info("search %s: %d trials of %s on %s, sampler %s, pruner %s, storage %s, into %s",
+             study.study_name, settings.trials, settings.model, ident["config"]["dataset"],
+             settings.sampler, settings.pruner_name, _redacted(settings.storage_url), settings.out)
+    optimize(settings, study)
+    best = run_best(settings, study, best_trial(study))
+    return write_outputs(settings, study, best, _redacted(settings.storage_url))
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def grid_size(space: Grid) -> int:
+    r"""How many points a grid sampler can try (lists only)."""
+    return len(grid_points(space))
+

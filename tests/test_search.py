@@ -1,0 +1,296 @@
+"""``run.py search`` (brmrs_pyg.experiments.search): the space, trials as runs, pruning,
+resuming a killed search, selection on valid only, the outputs and the folder's safety, on
+the tiny synthetic card of conftest.py."""
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from brmrs_pyg import pipeline
+from brmrs_pyg.cli import main
+from brmrs_pyg.config import ConfigError
+from brmrs_pyg.experiments.grid import Range, card_grid, grid_points, parse_space
+from brmrs_pyg.experiments.runner import Runner, RunnerSettings
+
+FAST = {"threads": "1", "batch_size": "128", "checkpoint_every": "1"}
+
+
+# --- the space: lists and ranges, parsed in one place (grid.py) -----------------------------
+
+def test_a_space_takes_lists_and_ranges_and_checks_them():
+    space = parse_space({"lr": {"low": "1e-4", "high": 1e-2, "log": True},
+                         "num_layers": {"low": 1, "high": 4, "step": 1},
+                         "fusion": ["mean", "gate"]}, "space.yaml")
+    assert space == {"lr": Range(1e-4, 1e-2, log=True), "num_layers": Range(1, 4, step=1),
+                     "fusion": ["mean", "gate"]}
+    assert space["num_layers"].integer and not space["lr"].integer
+    bad = {"high": ({"low": 2, "high": 1}, "below high"),
+           "log and step": ({"low": 1e-3, "high": 1.0, "log": True, "step": 0.1}, "combined"),
+           "log of 0": ({"low": 0, "high": 1, "log": True}, "low > 0"),
+           "key": ({"low": 0, "high": 1, "steps": 2}, "a range is"),
+           "number": ({"low": "small", "high": 1}, "expected a number"),
+           "list": ([], "non-empty list")}
+    for raw, match in bad.values():
+        with pytest.raises(ConfigError, match=match):
+            parse_space({"x": raw}, "space.yaml")
+
+
+def test_a_grid_refuses_ranges(project):
+    with pytest.raises(ConfigError, match="range .* cannot be enumerated"):
+        grid_points({"lr": Range(1e-4, 1e-2, log=True), "k": [1, 2]})
+    # the card's grid: block is read by the same parser (lists stay lists)
+    assert card_grid("lightgcn", pipeline.Paths(project)) == {
+        "num_layers": [1, 2, 3], "reg_weight": [1e-2, 1e-3, 1e-4]}
+
+
+# --- the search --------------------------------------------------------------------------------
+
+def settings_for(project, out, trials=3, space=None, seeds=(999,), epochs=2, overrides=(),
+                 **kwargs):
+    from brmrs_pyg.experiments.search import SearchSettings  # optuna is imported lazily
+    runner = Runner(RunnerSettings(pipeline.Paths(project), "tiny", out / "best", epochs=epochs,
+                                   overrides={**FAST, "cache_dir": str(project / "cache"),
+                                              **dict(overrides)}))
+    space = space or {"reg_weight": [1e-2, 1e-3, 1e-4], "num_layers": [1, 2]}
+    return SearchSettings(runner, "lightgcn", space, trials, out, seeds, **kwargs)
+
+
+@pytest.fixture
+def runs(monkeypatch):
+    r"""Counts pipeline.run calls by folder; ``runs.hook(fn)`` wraps each call's on_epoch."""
+    class Calls(list):
+        hook = None
+
+    calls = Calls()
+    real = pipeline.run
+
+    def counted(config, paths, out_dir, resume=None, on_epoch=None):
+        calls.append(out_dir)
+        if calls.hook is not None and on_epoch is not None:
+            on_epoch = calls.hook(out_dir, on_epoch)
+        return real(config, paths, out_dir, resume=resume, on_epoch=on_epoch)
+
+    monkeypatch.setattr(pipeline, "run", counted)
+    return calls
+
+
+def finished(content):
+    return [t for t in content["trials"] if t["state"] in ("complete", "pruned", "failed")]
+
+
+@pytest.mark.needs_extra("search")
+def test_a_search_runs_its_trials_as_runs_and_writes_the_outputs(project, tmp_path, runs,
+                                                                  extra_installed):
+    from brmrs_pyg.experiments.search import search
+    out = tmp_path / "search"
+    content = search(settings_for(project, out, trials=3, seeds=(999, 1), pruner="none"))
+    assert [t["number"] for t in content["trials"]] == [0, 1, 2]
+    assert {t["state"] for t in content["trials"]} == {"complete"}
+    for t in content["trials"]:  # each trial is an ordinary run folder with its valid score
+        results = json.loads((out / "trials" / str(t["number"]) / "results.json").read_text())
+        assert t["valid"] == results["valid"]["recall@20"]
+        assert results["config"]["seed"] == 999 and results["epochs_run"] == 2
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert [int(r["number"]) for r in rows] == [0, 1, 2]
+    assert set(rows[0]) >= {"state", "valid", "reg_weight", "num_layers", "folder"}
+    best = content["best"]
+    top = max(content["trials"], key=lambda t: (t["valid"], -t["number"]))
+    assert best["trial"] == top["number"] and best["params"] == top["params"]
+    # the best point on both seeds: the trial itself stands for seed 999, one more run
+    assert [s["seed"] for s in best["seeds"]] == [999, 1] and len(runs) == 4
+    assert best["seeds"][0]["folder"] == str(out / "trials" / str(top["number"]))
+    assert best["valid"]["recall@20"]["n"] == 2 and "recall@20" in best["test"]
+    line = (out / "best.txt").read_text().strip()
+    assert line == " ".join(f"{k}={v}" for k, v in best["params"].items())
+    card = (out / "best_card.yaml").read_text()
+    assert "defaults:" in card and "test metrics were not used" in card
+    assert json.loads((out / "search.json").read_text())["best"]["trial"] == best["trial"]
+    if extra_installed("plots"):
+        assert content["plots"] == ["history.png", "importances.png"]
+        assert (out / "history.png").stat().st_size > 0
+    else:
+        assert content["plots"] == [] and "matplotlib" in content["plots_note"]
+
+
+@pytest.mark.needs_extra("search")
+def test_a_killed_search_continues_without_losing_or_doubling_a_trial(project, tmp_path,
+                                                                       runs):
+    from brmrs_pyg.experiments.search import search
+    out = tmp_path / "search"
+    settings = settings_for(project, out, trials=3, pruner="none")
+
+    def kill_trial_2(folder, on_epoch):  # Ctrl-C in trial 2's first epoch
+        def hooked(epoch, score):
+            if folder.name == "2":
+                raise KeyboardInterrupt
+            return on_epoch(epoch, score)
+        return hooked
+
+    runs.hook = kill_trial_2
+    with pytest.raises(KeyboardInterrupt):
+        search(settings)
+    assert (out / "trials" / "2" / "train.log").is_file()  # its folder is kept
+    runs.hook, runs[:] = None, []
+    content = search(settings)  # the same command again
+    states = {t["number"]: t["state"] for t in content["trials"]}
+    assert states == {0: "complete", 1: "complete", 2: "interrupted", 3: "complete"}
+    assert content["trials"][3]["retry_of"] == 2
+    assert content["trials"][3]["params"] == content["trials"][2]["params"]
+    assert len(finished(content)) == 3 and runs == [out / "trials" / "3"]
+    # a complete study goes straight to the final step
+    runs[:] = []
+    assert len(search(settings)["trials"]) == 4 and runs == []
+
+
+@pytest.mark.needs_extra("search")
+def test_a_trial_left_running_by_a_dead_process_runs_again(project, tmp_path, runs):
+    import optuna
+    from brmrs_pyg.experiments.search import HOST, identity, open_study, search
+    out = tmp_path / "search"
+    settings = settings_for(project, out, trials=2, pruner="none")
+    study = open_study(settings, identity(settings))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # SIGKILL mid-trial: the trial stays RUNNING with a pid that is gone
+    study.enqueue_trial({"reg_weight": 1e-3, "num_layers": 2})
+    trial = study.ask({k: optuna.distributions.CategoricalDistribution(v)
+                       for k, v in settings.space.items()})
+    trial.set_user_attr("host", HOST)
+    trial.set_user_attr("pid", dead.pid)
+    alive = study.ask()  # another live process of this host: left alone
+    alive.set_user_attr("host", HOST)
+    alive.set_user_attr("pid", 1)
+    content = search(settings)
+    states = [t["state"] for t in content["trials"]]
+    assert states[:2] == ["interrupted", "running"] and states[2] == "complete"
+    assert content["trials"][2]["params"] == {"reg_weight": 1e-3, "num_layers": 2}
+    # one finished trial and one running elsewhere make the two trials wanted
+    assert len(finished(content)) == 1 and runs == [out / "trials" / "2"]
+
+
+@pytest.mark.needs_extra("search")
+def test_a_pruned_trial_stops_early_and_keeps_its_folder(project, tmp_path, runs):
+    import optuna
+    from brmrs_pyg.experiments.search import search
+
+    class PruneAllButFirst(optuna.pruners.BasePruner):
+        def prune(self, study, trial):  # every trial but trial 0, at its first report
+            return trial.number > 0
+
+    out = tmp_path / "search"
+    content = search(settings_for(project, out, trials=3, epochs=4, pruner=PruneAllButFirst()))
+    assert [t["state"] for t in content["trials"]] == ["complete", "pruned", "pruned"]
+    assert [t["epochs"] for t in content["trials"]] == [4, 1, 1]
+    pruned = json.loads((out / "trials" / "1" / "results.json").read_text())
+    assert pruned["epochs_run"] == 1  # stopped by the callback, results written
+    assert content["trials"][1]["valid"] == pruned["valid"]["recall@20"]
+    assert content["best"]["trial"] == 0  # a pruned trial is never the best
+
+
+@pytest.mark.needs_extra("search")
+def test_the_best_point_is_chosen_on_valid_never_on_test(project, tmp_path, monkeypatch):
+    from brmrs_pyg.experiments.search import search
+    # reg_weight 1e-3 is best on valid, 1e-4 on test
+    scores = {1e-2: (0.30, 0.30), 1e-3: (0.40, 0.10), 1e-4: (0.35, 0.90)}
+
+    def fake_run(config, paths, out_dir, resume=None, on_epoch=None):
+        valid, test = scores[config.model.reg_weight]
+        on_epoch(1, valid) if on_epoch else None
+        metrics = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+        results = {"config": config.flat(), "valid": dict.fromkeys(metrics, valid),
+                   "test": dict.fromkeys(metrics, test), "epochs_run": 1}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "results.json").write_text(json.dumps(results))
+        return results
+
+    monkeypatch.setattr(pipeline, "run", fake_run)
+    content = search(settings_for(project, tmp_path / "search", trials=3, sampler="grid",
+                                  space={"reg_weight": [1e-2, 1e-3, 1e-4]}, seeds=(999, 1)))
+    assert sorted(t["params"]["reg_weight"] for t in content["trials"]) == [1e-4, 1e-3, 1e-2]
+    best = content["best"]
+    assert best["params"] == {"reg_weight": 1e-3}
+    assert best["test"]["recall@20"]["mean"] == pytest.approx(0.10)  # reported, not used
+
+
+@pytest.mark.needs_extra("search")
+def test_the_grid_sampler_refuses_ranges(project, tmp_path):
+    from brmrs_pyg.experiments.search import search
+    space = {"lr": Range(1e-4, 1e-2, log=True), "num_layers": [1, 2]}
+    with pytest.raises(ConfigError, match="range .* cannot be enumerated"):
+        search(settings_for(project, tmp_path / "search", space=space, sampler="grid"))
+    assert not (tmp_path / "search").exists()
+
+
+@pytest.mark.needs_extra("search")
+def test_run_py_search_takes_its_space_from_a_file(project, tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {low: 1e-4, high: 1e-2, log: true}\nnum_layers: {low: 1, high: 3}\n")
+    out = tmp_path / "search"
+    argv = ["search", "--dataset", "tiny", "--model", "lightgcn", "--trials", "2", "--space",
+            str(space), "--seeds", "999", "--out", str(out), "epochs=2",
+            f"cache_dir={project / 'cache'}", *(f"{k}={v}" for k, v in FAST.items())]
+    assert main(argv, root=project) == 0
+    content = json.loads((out / "search.json").read_text())
+    assert len(content["trials"]) == 2
+    for t in content["trials"]:
+        assert 1e-4 <= t["params"]["lr"] <= 1e-2 and t["params"]["num_layers"] in (1, 2, 3)
+        results = json.loads((out / "trials" / str(t["number"]) / "results.json").read_text())
+        assert results["config"]["lr"] == t["params"]["lr"]
+    assert (out / "best.txt").read_text().startswith("lr=")
+    # the grid sampler refuses this space on the command line too, in one line
+    assert main([*argv[:-4], "--sampler", "grid", "--out", str(tmp_path / "grid")],
+                root=project) == 2
+    assert "cannot be enumerated" in capsys.readouterr().err
+
+
+@pytest.mark.needs_extra("search")
+def test_the_output_folder_is_new_empty_or_this_searchs_own(project, tmp_path, runs):
+    from brmrs_pyg.experiments.search import SearchError, search
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("a user's file")
+    with pytest.raises(SearchError, match="not a search's"):
+        search(settings_for(project, foreign, trials=1))
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    out = tmp_path / "search"
+    search(settings_for(project, out, trials=1))
+    runs[:] = []
+    other = {"reg_weight": [1e-2, 1e-3]}  # another space: another search
+    with pytest.raises(SearchError, match="another search .*space"):
+        search(settings_for(project, out, trials=1, space=other))
+    with pytest.raises(SearchError, match="another search .*patience"):
+        search(settings_for(project, out, trials=1, overrides={"patience": "3"}))
+    assert runs == []
+    # a second storage URL: one study shared by two folders (as by two machines)
+    shared = f"sqlite:///{tmp_path / 'shared.db'}"
+    search(settings_for(project, tmp_path / "a", trials=2, storage=shared))
+    content = search(settings_for(project, tmp_path / "b", trials=3, storage=shared))
+    assert len(content["trials"]) == 3
+    assert content["trials"][2]["folder"] == str(tmp_path / "b" / "trials" / "2")
+    assert not (tmp_path / "a" / "study.db").exists()
+
+
+def test_run_py_search_without_optuna_names_the_extra(project, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    assert main(["search", "--dataset", "tiny", "--model", "lightgcn", "--trials", "1"],
+                root=project) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'search'" in err and "pip install" in err
+
+
+@pytest.mark.needs_extra("search")
+def test_ctrl_c_says_in_one_line_how_to_continue(project, tmp_path, runs, capsys):
+    def stop(folder, on_epoch):
+        def hooked(epoch, score):
+            raise KeyboardInterrupt
+        return hooked
+
+    runs.hook = stop
+    argv = ["search", "--dataset", "tiny", "--model", "lightgcn", "--trials", "2", "--seeds",
+            "999", "--out", str(tmp_path / "search"), "epochs=2",
+            f"cache_dir={project / 'cache'}", *(f"{k}={v}" for k, v in FAST.items())]
+    assert main(argv, root=project) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("SIGINT: search stopped") and "Continue with: python run.py " \
+        f"search --dataset tiny" in err and f"--out {tmp_path / 'search'}" in err
