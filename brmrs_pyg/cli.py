@@ -15,10 +15,13 @@ from brmrs_pyg.data.errors import DataError
 from brmrs_pyg.data.prepare.cli import run_prepare
 from brmrs_pyg.experiments import SuiteError
 from brmrs_pyg.experiments.cli import run_suite_cli
+from brmrs_pyg.experiments.search_cli import run_search_cli
 from brmrs_pyg.interrupt import TrainingInterrupted
 from brmrs_pyg.plotting import PlotsUnavailable
 from brmrs_pyg.pipeline import Paths, load_config, out_dir_of, resume_config, run
 from brmrs_pyg.recommenders import MODELS
+from brmrs_pyg.trained import RunError
+from brmrs_pyg.trained_cli import run_export, run_recommend
 from brmrs_pyg.registry import UnknownNameError
 from brmrs_pyg.train import TrainingError
 
@@ -34,7 +37,10 @@ def build_parser(paths: Paths) -> argparse.ArgumentParser:
                     "embedded synthetic dataset (generated on first use). To build a dataset "
                     "from raw Amazon files or your own table: run.py prepare {amazon,csv} "
                     "--help. Diagnostics of a finished run: run.py analyze DIR (--help). "
-                    "A named experiment suite (seeds, grids, tables, plots): run.py suite --help.",
+                    "A named experiment suite (seeds, grids, tables, plots): run.py suite --help. "
+                    "Hyperparameter search on valid with Optuna: run.py search --help. "
+                    "Use a finished run: run.py recommend DIR --users all, run.py export DIR "
+                    "(--help).",
         epilog=_keys_help(paths))
     parser.add_argument("--dataset", metavar="NAME",
                         help="dataset card datasets/NAME.yaml (available: "
@@ -137,7 +143,8 @@ def main(argv: Sequence[str] | None = None, root: Path | None = None) -> int:
     r"""Entry point of ``run.py``; returns the process exit code."""
     paths = Paths(root or Path.cwd())
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv[:1] in (["prepare"], ["analyze"], ["suite"]) else None
+    command = argv[0] if argv[:1] in (["prepare"], ["analyze"], ["suite"], ["recommend"],
+                                      ["export"], ["search"]) else None
     args = None if command else build_parser(paths).parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
@@ -150,6 +157,12 @@ def main(argv: Sequence[str] | None = None, root: Path | None = None) -> int:
             return 0
         if command == "suite":
             run_suite_cli(argv[1:], paths)
+            return 0
+        if command == "search":
+            run_search_cli(argv[1:], paths)
+            return 0
+        if command in ("recommend", "export"):
+            (run_recommend if command == "recommend" else run_export)(argv[1:], paths)
             return 0
         assert args is not None
         if args.resume:
@@ -164,7 +177,7 @@ def main(argv: Sequence[str] | None = None, root: Path | None = None) -> int:
             config = resolve_config(args, paths)
             run(config, paths, out_dir_of(config, paths))
     except (ConfigError, DataError, UnknownNameError, TrainingError, ResumeError,
-            AnalysisError, SuiteError, PlotsUnavailable) as exc:
+            AnalysisError, SuiteError, PlotsUnavailable, RunError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:  # SIGINT or SIGTERM: one line, no traceback
