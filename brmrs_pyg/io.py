@@ -97,14 +97,16 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     with contextlib.suppress(OSError), os.scandir(path.parent) as entries:
         for entry in entries:
             match = ours.fullmatch(entry.name)
-            if match and entry.is_file(follow_symlinks=False) and not _running(int(match[1])):
+            if match and entry.is_file(follow_symlinks=False) and not process_running(int(match[1])):
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
                     removed.append(Path(entry.path))
     return removed
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    r"""Whether process ``pid`` of this machine may still be running (this process counts as
+    running; so does any answer that is not a clear "no such process")."""
     # signal 0 checks that the process exists without touching it (POSIX only); unsure
     # answers count as running, so the file is kept
     if pid == os.getpid():

@@ -187,7 +187,7 @@ class Runner:
                 left -= 1
             out[variant].append(record)
             log.info("[%s %d/%d] %s seed %d: %s | ETA %s", stage, i, len(todo), variant.name,
-                     seed, _outcome(record, trained, spent), _eta(spent, left))
+                     seed, _outcome(record, trained, spent), eta(spent, left))
         return out
 
 
@@ -199,7 +199,8 @@ def _outcome(record: RunRecord, trained: bool, spent: list[float]) -> str:
     return f"{valid} in {spent[-1]:.0f}s" if trained else f"{valid} (finished before)"
 
 
-def _eta(spent: list[float], left: int) -> str:
+def eta(spent: list[float], left: int) -> str:
+    r"""The time ``left`` more runs will take at the mean of the ``spent`` seconds so far."""
     if not left:
         return "0s"
     if not spent:

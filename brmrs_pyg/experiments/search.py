@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any, Mapping
 from brmrs_pyg import pipeline
 from brmrs_pyg.checkpoint import RESUMABLE_KEYS
 from brmrs_pyg.config import Config
-from brmrs_pyg.io import _running
+from brmrs_pyg.io import process_running
 from brmrs_pyg.train import TrainingError
 
 from .grid import Grid, Range, grid_points, valid_score
-from .runner import SUITE_KEYS, Runner, SuiteError, Variant, _eta, override_text
+from .runner import SUITE_KEYS, Runner, SuiteError, Variant, eta, override_text
 
 if TYPE_CHECKING:
     import optuna
@@ -262,7 +262,7 @@ def recover_stale(study: "optuna.Study") -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
         age = time.time() - t.datetime_start.timestamp() if t.datetime_start else 0.0
-        if (host == HOST and pid is not None and not _running(int(pid))) or (
+        if (host == HOST and pid is not None and not process_running(int(pid))) or (
                 host is None and age > UNCLAIMED_SECONDS):
             study.tell(t.number, state=TrialState.FAIL)
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
@@ -361,7 +361,7 @@ def progress_line(study: "optuna.Study", number: int, spent: list[float], wanted
     top = best_trial(study) if complete else None
     best = f"best {top.value:.4f} (trial {top.number})" if top else "best -"
     return (f"trial {number} ({done}/{wanted}): {trial.state.name} valid {value} | {best} | "
-            f"{spent[-1]:.0f}s | ETA {_eta(spent, max(wanted - done, 0))}")
+            f"{spent[-1]:.0f}s | ETA {eta(spent, max(wanted - done, 0))}")
 
 
 def best_trial(study: "optuna.Study") -> "optuna.trial.FrozenTrial":
