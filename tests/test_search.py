@@ -2,7 +2,9 @@
 resuming a killed search, selection on valid only, the outputs and the folder's safety, on
 the tiny synthetic card of conftest.py."""
 import csv
+import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -294,3 +296,23 @@ def test_ctrl_c_says_in_one_line_how_to_continue(project, tmp_path, runs, capsys
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("SIGINT: search stopped") and "Continue with: python run.py " \
         f"search --dataset tiny" in err and f"--out {tmp_path / 'search'}" in err
+
+
+@pytest.mark.needs_extra("search")
+def test_a_search_on_two_workers_ends_with_exactly_its_trials(project, tmp_path):
+    from brmrs_pyg.experiments.executor import LocalExecutor, plan
+    from brmrs_pyg.experiments.search import search
+    out = tmp_path / "search"
+    settings = settings_for(project, out, trials=5, pruner="none",
+                            space={"reg_weight": Range(1e-4, 1e-1, log=True),
+                                   "num_layers": [1, 2]})
+    runner = Runner(settings.runner.settings, LocalExecutor(plan(2, "cpu", True)))
+    content = search(dataclasses.replace(settings, runner=runner))
+    assert [t["state"] for t in content["trials"]] == ["complete"] * 5
+    import optuna
+    study = optuna.load_study(study_name=content["study"], storage=settings.storage_url)
+    pids = {t.user_attrs["pid"] for t in study.trials}  # the workers', not this process's
+    assert len(pids) <= 2 and os.getpid() not in pids
+    points = [tuple(sorted(t["params"].items())) for t in content["trials"]]
+    assert len(set(points)) == 5  # the workers' samplers do not propose the same points
+    assert content["best"]["trial"] in range(5)

@@ -4,16 +4,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from brmrs_pyg import __version__
 from brmrs_pyg.config import ConfigError
+from brmrs_pyg.interrupt import TrainingInterrupted, signal_name
 from brmrs_pyg.io import atomic_write_json
 from brmrs_pyg.pipeline import Paths
 
 from brmrs_pyg.plotting import pyplot
+from .executor import LocalExecutor, plan
 from .runner import Runner, RunnerSettings
 from .suites import SUITES, SuiteContext
 
@@ -53,10 +57,29 @@ def build_parser() -> argparse.ArgumentParser:
                              "ones are skipped)")
     parser.add_argument("--verbose", action="store_true",
                         help="also print each run's own log (it is in its train.log anyway)")
+    add_executor_args(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config keys for every run (e.g. threads=1 patience=10); "
                              "model.key=value for one model's runs (brmrs.lambda_h=0.5)")
     return parser
+
+
+def add_executor_args(parser: argparse.ArgumentParser) -> None:
+    r"""``--executor`` and ``--workers``, shared by ``run.py suite`` and ``run.py search``."""
+    parser.add_argument("--executor", choices=("local",), default="local",
+                        help="where runs go: local (default), worker processes on this "
+                             "machine")
+    parser.add_argument("--workers", type=int, metavar="W",
+                        help="runs at once, one process each (default: one per GPU when "
+                             "there are GPUs and device is not cpu, else 1: one after "
+                             "another in this process); unless threads= is given, each of "
+                             "W workers gets cores // W CPU threads")
+
+
+def executor_of(args: argparse.Namespace, overrides: dict[str, str]) -> LocalExecutor:
+    r"""The executor of ``--executor``/``--workers`` for runs with ``overrides``."""
+    slots = plan(args.workers, overrides.get("device", "auto"), "threads" in overrides)
+    return LocalExecutor(slots, verbose=args.verbose)
 
 
 def split_overrides(items: Sequence[str]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
@@ -86,8 +109,8 @@ def context_of(args: argparse.Namespace, paths: Paths) -> SuiteContext:
     settings = RunnerSettings(paths, args.dataset, out, args.data_dir, args.epochs, common,
                               per_model)
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
-    return SuiteContext(Runner(settings), tuple(dict.fromkeys(args.seeds)), args.grid,
-                        args.grid_seed, models)
+    return SuiteContext(Runner(settings, executor_of(args, common)),
+                        tuple(dict.fromkeys(args.seeds)), args.grid, args.grid_seed, models)
 
 
 def run_suite(name: str, ctx: SuiteContext) -> dict[str, Any]:
@@ -104,7 +127,7 @@ def run_suite(name: str, ctx: SuiteContext) -> dict[str, Any]:
     return content
 
 
-class _SuiteLinesOnly(logging.Filter):
+class ExperimentLinesOnly(logging.Filter):
     r"""Lets through the suite's own lines and every warning or error."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -116,8 +139,23 @@ def run_suite_cli(argv: Sequence[str], paths: Paths) -> None:
     args = build_parser().parse_intermixed_args(argv)
     ctx = context_of(args, paths)
     pyplot()  # before any training: a missing extra must not wait for the end of a suite
-    with experiment_lines_only(not args.verbose):
-        run_suite(args.name, ctx)
+    try:
+        with experiment_lines_only(not args.verbose):
+            run_suite(args.name, ctx)
+    except KeyboardInterrupt as exc:
+        raise stopped("suite", exc, list(argv) + (
+            [] if args.out else ["--out", str(ctx.runner.settings.out)]),
+            "finished runs are kept and interrupted ones resume from their last.pt") from None
+
+
+def stopped(command: str, exc: KeyboardInterrupt, argv: Sequence[str], kept: str
+            ) -> TrainingInterrupted:
+    r"""The one line of a ``run.py suite``/``search`` stopped by Ctrl-C or SIGTERM: what is
+    kept and the command that continues it."""
+    signum = exc.signum if isinstance(exc, TrainingInterrupted) else signal.SIGINT
+    return TrainingInterrupted(signum, f"{signal_name(signum)}: {command} stopped; {kept}. "
+                                       f"Continue with: python run.py {command} "
+                                       f"{shlex.join(argv)}")
 
 
 @contextlib.contextmanager
@@ -125,7 +163,7 @@ def experiment_lines_only(enabled: bool = True) -> Iterator[None]:
     r"""While the block runs, the terminal (the root logger's stderr handlers) shows only the
     lines of :mod:`brmrs_pyg.experiments` (progress) and warnings, not each run's own log
     (in its ``train.log`` anyway); does nothing unless ``enabled``."""
-    quiet = _SuiteLinesOnly()
+    quiet = ExperimentLinesOnly()
     handlers = [h for h in logging.getLogger().handlers
                 if getattr(h, "stream", None) is sys.stderr] if enabled else []
     for handler in handlers:

@@ -1,4 +1,5 @@
-r"""Runs many configurations, each in its own folder, in this process, resumably.
+r"""Runs many configurations, each in its own folder, resumably: in this process, or on
+several local workers (:mod:`.executor`).
 
 A suite is a list of :class:`Variant` (a model and ``key=value`` overrides: a table row) run
 on several seeds. Each (variant, seed) is one :func:`brmrs_pyg.pipeline.run` into
@@ -6,10 +7,12 @@ on several seeds. Each (variant, seed) is one :func:`brmrs_pyg.pipeline.run` int
 resolved value differs from the model's default, so the same configuration reached from two
 suites (or two sweeps) is one folder. A folder with ``results.json`` is finished and never run
 again; one with ``last.pt`` only was interrupted and continues from it
-(:func:`~brmrs_pyg.pipeline.resume_config`).
+(:func:`~brmrs_pyg.pipeline.resume_config`). With an executor of several workers the runs
+to train go W at a time, one worker process each; a run's results do not depend on which.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -17,13 +20,14 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from brmrs_pyg import pipeline
 from brmrs_pyg.checkpoint import RESUMABLE_KEYS
 from brmrs_pyg.config import Config, ConfigError
 from brmrs_pyg.train import TrainingError
 
+from .executor import LocalExecutor, Outcome, Slot, seconds_per_run
 from .stats import mean_std
 
 log = logging.getLogger(__name__)
@@ -107,14 +111,18 @@ class Runner:
 
     Args:
         settings (RunnerSettings): What every run shares.
+        executor (LocalExecutor, optional): Workers for the runs to train; :obj:`None` or
+            one worker: one after another in this process. (default: :obj:`None`)
     """
 
-    def __init__(self, settings: RunnerSettings) -> None:
+    def __init__(self, settings: RunnerSettings, executor: LocalExecutor | None = None
+                 ) -> None:
         bad = sorted(set(settings.overrides) & set(SUITE_KEYS))
         if bad:
             raise ConfigError(f"a suite sets {', '.join(bad)} itself: use its flags "
                               f"(--dataset, --data-dir, --epochs, --seeds, --out)")
         self.settings = settings
+        self.executor = executor
 
     def layers(self, variant: Variant, seed: int) -> list[tuple[str, Mapping[str, Any]]]:
         r"""Override layers of one run: the suite's ``key=value``, the model's
@@ -174,6 +182,8 @@ class Runner:
         (``[stage i/N] name seed: outcome | ETA``); returns the records per variant, in
         seed order."""
         todo = [(v, s) for v in dict.fromkeys(variants) for s in seeds]
+        if self.executor is not None and self.executor.workers > 1:
+            return self._run_on_workers(todo, stage, self.executor)
         # a configuration reached by two variants (a sweep's default point) trains once
         left = len({f for f in (self.folder(v, s) for v, s in todo)
                     if not (f / "results.json").is_file()})
@@ -186,9 +196,79 @@ class Runner:
                 spent.append(time.perf_counter() - start)
                 left -= 1
             out[variant].append(record)
-            log.info("[%s %d/%d] %s seed %d: %s | ETA %s", stage, i, len(todo), variant.name,
-                     seed, _outcome(record, trained, spent), eta(spent, left))
+            _progress(stage, i, len(todo), record, _outcome(record, trained, spent),
+                      eta(spent, left))
         return out
+
+    def _run_on_workers(self, todo: list[tuple[Variant, int]], stage: str,
+                        executor: LocalExecutor) -> dict[Variant, list[RunRecord]]:
+        r""":meth:`run` with the runs to train on the executor's workers: finished runs are
+        read back here; each folder trains once, its record shared by the variants that
+        reach it; a worker that dies is reported and its run left to resume."""
+        records: dict[tuple[Variant, int], RunRecord] = {}
+        by_folder: dict[Path, list[tuple[Variant, int]]] = {}
+        for variant, seed in todo:
+            by_folder.setdefault(self.folder(variant, seed), []).append((variant, seed))
+        train = [runs for folder, runs in by_folder.items()
+                 if not (folder / "results.json").is_file()]
+        for variant, seed in todo:
+            if not any((variant, seed) in runs for runs in train):
+                records[variant, seed] = self.run_one(variant, seed)[0]
+        for i, ((variant, seed), record) in enumerate(records.items(), 1):
+            _progress(stage, i, len(todo), record, _outcome(record, False, []),
+                      eta([], len(train)))
+        i = len(records)
+        spent: list[float] = []
+        jobs = [self._job(*runs[0]) for runs in train]
+        for outcome in executor.map(run_in_worker, jobs):
+            runs = train[outcome.index]
+            record = self._record_of(outcome, *runs[0])
+            spent.append(outcome.seconds)
+            for variant, seed in runs:
+                records[variant, seed] = dataclasses.replace(record, variant=variant)
+                i += 1
+                _progress(stage, i, len(todo), records[variant, seed],
+                          _outcome(record, True, spent),
+                          eta(seconds_per_run(spent, executor.workers), len(train) - len(spent)))
+        out: dict[Variant, list[RunRecord]] = {v: [] for v, _ in todo}
+        for variant, seed in todo:
+            out[variant].append(records[variant, seed])
+        return out
+
+    def _job(self, variant: Variant, seed: int) -> Callable[[Slot], tuple[Any, ...]]:
+        def job(slot: Slot) -> tuple[RunnerSettings, Variant, int]:
+            return with_threads(self.settings, slot), variant, seed
+        return job
+
+    def _record_of(self, outcome: Outcome, variant: Variant, seed: int) -> RunRecord:
+        if outcome.ok and outcome.value is not None:
+            record: RunRecord = outcome.value[0]
+            return record
+        folder = self.folder(variant, seed)
+        log.warning("%s seed %d: its worker ended (%s) in %s; run the command again to "
+                    "resume it from its last.pt (an error's traceback is above)", variant.name,
+                    seed, outcome.why(), folder)
+        return RunRecord(variant, seed, folder, None, f"worker {outcome.why()}")
+
+
+def with_threads(settings: RunnerSettings, slot: Slot) -> RunnerSettings:
+    r"""``settings`` with the slot's ``threads=`` (unchanged when the slot sets none)."""
+    if slot.threads is None:
+        return settings
+    return dataclasses.replace(settings, overrides={**settings.overrides,
+                                                    "threads": str(slot.threads)})
+
+
+def run_in_worker(settings: RunnerSettings, variant: Variant, seed: int
+                  ) -> tuple[RunRecord, bool]:
+    r"""A worker's job: :meth:`Runner.run_one` of one (variant, seed)."""
+    return Runner(settings).run_one(variant, seed)
+
+
+def _progress(stage: str, i: int, total: int, record: RunRecord, outcome: str, left: str
+              ) -> None:
+    log.info("[%s %d/%d] %s seed %d: %s | ETA %s", stage, i, total, record.variant.name,
+             record.seed, outcome, left)
 
 
 def _outcome(record: RunRecord, trained: bool, spent: list[float]) -> str:

@@ -15,10 +15,17 @@ failed without an ``error`` attribute (interrupted), does not count, and its poi
 again; a trial left ``RUNNING`` by a killed process (SIGKILL, power loss) is recognised on the
 next start by its host and dead process id and handled the same way. Trials running on other
 machines of a shared ``--storage`` are left alone.
+
+With ``--workers W`` (:mod:`.executor`), W worker processes run this trial loop against the
+same storage; a lock file (``study.lock``) makes "count finished and running trials, then
+start one" a single step among the processes of this machine, so the study never gets more
+than ``trials`` finished trials. Each loop also re-queues the trials of workers that died,
+so the others finish the count. The best point runs once, after all workers end.
 """
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -27,7 +34,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, TextIO
 
 from brmrs_pyg import pipeline
 from brmrs_pyg.checkpoint import RESUMABLE_KEYS
@@ -36,7 +43,8 @@ from brmrs_pyg.io import process_running
 from brmrs_pyg.train import TrainingError
 
 from .grid import Grid, Range, grid_points, valid_score
-from .runner import SUITE_KEYS, Runner, SuiteError, Variant, eta, override_text
+from .executor import Slot, seconds_per_run
+from .runner import SUITE_KEYS, Runner, SuiteError, Variant, eta, override_text, with_threads
 
 if TYPE_CHECKING:
     import optuna
@@ -51,7 +59,9 @@ MACHINE_KEYS = (RESUMABLE_KEYS - {"epochs"}) | {"out"}
 #: What a search writes into its folder; an existing ``--out`` may hold nothing else.
 SEARCH_FILES = frozenset({"study.db", "study.db-journal", "study.db-wal", "study.db-shm",
                           "trials", "best", "search.json", "trials.csv", "best.txt",
-                          "best_card.yaml", "history.png", "importances.png"})
+                          "best_card.yaml", "history.png", "importances.png", "study.lock"})
+#: Seconds a process waits for SQLite's write lock (several workers write one study.db).
+SQLITE_TIMEOUT = 60.0
 #: A ``RUNNING`` trial without host (killed right after it was created) is stale after this.
 UNCLAIMED_SECONDS = 60.0
 HOST = socket.gethostname()
@@ -87,6 +97,10 @@ class SearchSettings:
         pruner (str or optuna pruner, optional): ``median``, ``hyperband``, ``none``, or a
             pruner object, used as it is (tests inject one). (default: ``"median"``)
         storage (str, optional): An Optuna RDB URL (default: ``sqlite:///<out>/study.db``).
+        worker (int, optional): This worker's number; the sampler's seed is the first seed
+            plus it, so that workers do not propose the same points. (default: ``0``)
+        workers (int, optional): How many workers run trials at once (for the ETA).
+            (default: ``1``)
     """
 
     runner: Runner
@@ -98,6 +112,8 @@ class SearchSettings:
     sampler: str = "tpe"
     pruner: Any = "median"
     storage: str = ""
+    worker: int = 0
+    workers: int = 1
 
     @property
     def pruner_name(self) -> str:
@@ -187,7 +203,9 @@ def open_study(settings: SearchSettings, ident: Mapping[str, Any]) -> "optuna.St
     name = study_name(ident)
     fresh = not settings.out.exists() or not any(settings.out.iterdir())
     settings.out.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(settings.storage_url)
+    url = settings.storage_url
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={
+        "connect_args": {"timeout": SQLITE_TIMEOUT}} if url.startswith("sqlite") else None)
     names = optuna.get_all_study_names(storage)
     if name not in names and settings.storage and not fresh:
         raise SearchError(f"--out {settings.out} holds a search whose study is not in "
@@ -219,7 +237,7 @@ def _difference(optuna: Any, storage: Any, names: list[str], ident: Mapping[str,
 
 
 def _sampler(optuna: Any, settings: SearchSettings) -> Any:
-    seed = settings.seeds[0]
+    seed = settings.seeds[0] + settings.worker
     if settings.sampler == "grid":
         return optuna.samplers.GridSampler({k: list(v) for k, v in settings.space.items()
                                             if not isinstance(v, Range)}, seed=seed)
@@ -264,7 +282,10 @@ def recover_stale(study: "optuna.Study") -> list[int]:
         age = time.time() - t.datetime_start.timestamp() if t.datetime_start else 0.0
         if (host == HOST and pid is not None and not process_running(int(pid))) or (
                 host is None and age > UNCLAIMED_SECONDS):
-            study.tell(t.number, state=TrialState.FAIL)
+            try:
+                study.tell(t.number, state=TrialState.FAIL)
+            except (RuntimeError, ValueError):  # another worker recovered it first
+                continue
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
             stale.append(t.number)
     if stale:
@@ -328,29 +349,53 @@ def optimize(settings: SearchSettings, study: "optuna.Study") -> None:
     r"""Runs trials until the study holds ``settings.trials`` finished ones (counting those
     running elsewhere), one progress line per trial."""
     import optuna
-    recover_stale(study)
     spent: list[float] = []
     while True:
+        turn = Turn(settings.out / "study.lock")
+        recover_stale(study)
         done, running = counts(study)
         if done + running >= settings.trials:
+            turn.release()
             break
         start = time.perf_counter()
         mine: list[int] = []
 
         def objective(trial: optuna.Trial) -> float:
+            turn.release()  # the trial is RUNNING in the study: the next count sees it
             mine.append(trial.number)
             return run_trial(trial, settings)
 
-        study.optimize(objective, n_trials=1, catch=(TrainingError,))
+        try:
+            study.optimize(objective, n_trials=1, catch=(TrainingError,))
+        finally:
+            turn.release()
         spent.append(time.perf_counter() - start)
-        log.info(progress_line(study, mine[-1], spent, settings.trials))
-    if running:
+        log.info(progress_line(study, mine[-1], spent, settings.trials, settings.workers))
+    if running and settings.workers == 1:  # a worker's siblings are no one else's
         log.info("%d trial(s) still running elsewhere: the best point is chosen among the "
                  "finished ones; run the command again later to include them", running)
 
 
-def progress_line(study: "optuna.Study", number: int, spent: list[float], wanted: int) -> str:
-    r"""``trial N (i/T): STATE valid v | best b (trial k) | elapsed | ETA``."""
+class Turn:
+    r"""An exclusive lock on ``path`` among this machine's processes, held from creation
+    until :meth:`release` (idempotent)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle: TextIO | None = path.open("a")
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
+
+
+def progress_line(study: "optuna.Study", number: int, spent: list[float], wanted: int,
+                  workers: int = 1) -> str:
+    r"""``trial N (i/T): STATE valid v | best b (trial k) | elapsed | ETA``, the ETA for
+    ``workers`` running trials at once."""
     from optuna.trial import TrialState
     trial = study.get_trials(deepcopy=False)[number]
     done, _ = counts(study)
@@ -361,7 +406,8 @@ def progress_line(study: "optuna.Study", number: int, spent: list[float], wanted
     top = best_trial(study) if complete else None
     best = f"best {top.value:.4f} (trial {top.number})" if top else "best -"
     return (f"trial {number} ({done}/{wanted}): {trial.state.name} valid {value} | {best} | "
-            f"{spent[-1]:.0f}s | ETA {eta(spent, max(wanted - done, 0))}")
+            f"{spent[-1]:.0f}s | ETA "
+            f"{eta(seconds_per_run(spent, workers), max(wanted - done, 0))}")
 
 
 def best_trial(study: "optuna.Study") -> "optuna.trial.FrozenTrial":
@@ -389,9 +435,44 @@ def search(settings: SearchSettings) -> dict[str, Any]:
     log.info("search %s: %d trials of %s on %s, sampler %s, pruner %s, storage %s, into %s",
              study.study_name, settings.trials, settings.model, ident["config"]["dataset"],
              settings.sampler, settings.pruner_name, _redacted(settings.storage_url), settings.out)
-    optimize(settings, study)
+    executor = settings.runner.executor
+    if executor is not None and executor.workers > 1:
+        optimize_on_workers(settings, study)
+    else:
+        optimize(settings, study)
     best = run_best(settings, study, best_trial(study))
     return write_outputs(settings, study, best, _redacted(settings.storage_url))
+
+
+def optimize_on_workers(settings: SearchSettings, study: "optuna.Study") -> None:
+    r""":func:`optimize` in each of the runner's executor's workers, on the same study; a
+    worker that died is reported and its trial queued again (run the command again if the
+    study is still short of ``trials``)."""
+    executor = settings.runner.executor
+    assert executor is not None
+    recover_stale(study)
+
+    def job(slot: Slot) -> tuple[SearchSettings]:
+        runner = Runner(with_threads(settings.runner.settings, slot))
+        return dataclasses.replace(settings, runner=runner, worker=slot.index,
+                                   workers=executor.workers),
+
+    log.info("%d workers on the study", executor.workers)
+    for outcome in executor.map(search_worker, [job] * executor.workers):
+        if not outcome.ok:
+            log.warning("search worker %d ended (%s)", outcome.index, outcome.why())
+    recover_stale(study)
+    done, _ = counts(study)
+    if done < settings.trials:
+        log.warning("%d of %d trials finished: run the command again to run the others",
+                    done, settings.trials)
+
+
+def search_worker(settings: SearchSettings) -> None:
+    r"""A worker's job: the trial loop of :func:`optimize` on the study of ``settings``."""
+    optuna = import_optuna()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optimize(settings, open_study(settings, identity(settings)))
 
 
 def _redacted(url: str) -> str:

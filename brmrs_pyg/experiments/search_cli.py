@@ -3,18 +3,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
-import signal
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
 
-from brmrs_pyg.interrupt import TrainingInterrupted, signal_name
 from brmrs_pyg.pipeline import Paths
 
-from .cli import experiment_lines_only, split_overrides
+from .cli import (add_executor_args, executor_of, experiment_lines_only, split_overrides,
+                  stopped)
 from .grid import card_grid, parse_space
 from .runner import Runner, RunnerSettings
 from .search import (PRUNERS, SAMPLERS, SearchError, SearchSettings, grid_size, import_optuna,
@@ -61,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "is continued if it holds this search's study.db")
     parser.add_argument("--verbose", action="store_true",
                         help="also print each run's own log (it is in its train.log anyway)")
+    add_executor_args(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config keys for every run, e.g. threads=1 patience=10 epochs=60")
     return parser
@@ -88,7 +87,7 @@ def settings_of(args: argparse.Namespace, paths: Paths) -> SearchSettings:
     out = Path(args.out) if args.out else paths.root / "runs" / (
         f"search-{args.dataset}-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     runner = Runner(RunnerSettings(paths, args.dataset, out / "best", args.data_dir, epochs,
-                                   common))
+                                   common), executor_of(args, common))
     trials = args.trials
     if args.sampler == "grid" and space and trials > grid_size(space):
         log.info("--sampler grid: %d points in the grid, so %d trials, not %d",
@@ -110,9 +109,6 @@ def run_search_cli(argv: Sequence[str], paths: Paths) -> None:
         with experiment_lines_only(not args.verbose):
             search(settings)
     except KeyboardInterrupt as exc:
-        signum = exc.signum if isinstance(exc, TrainingInterrupted) else signal.SIGINT
         again = list(argv) + ([] if args.out else ["--out", str(settings.out)])
-        raise TrainingInterrupted(
-            signum, f"{signal_name(signum)}: search stopped; finished trials are kept in the "
-                    "study and the trial under way will run again. Continue with: python "
-                    f"run.py search {shlex.join(again)}") from None
+        raise stopped("search", exc, again, "finished trials are kept in the study and the "
+                      "trials under way will run again") from None
