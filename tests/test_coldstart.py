@@ -251,6 +251,10 @@ def test_run_reports_cold_and_all_items_metrics(project, tmp_path, caplog):
         results["test_all_items"]["recall@20"], abs=1e-6)
     log = (out / "train.log").read_text()
     assert "6 valid and 6 test cold items" in log and "0 users have no training" in log
+    # the data fingerprint of last.pt covers the split: the same split resumes
+    assert main(["--resume", str(out), "--epochs", "3"], root=project) == 0
+    resumed = json.loads((out / "results.json").read_text())
+    assert resumed["epochs_run"] == 3 and "test_all_items" in resumed
 
 
 def test_feature_knn_baseline_is_the_mean_cosine_to_the_users_items():
