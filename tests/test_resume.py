@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from brmrs_pyg import __version__
 from brmrs_pyg.cli import main
 
 from conftest import REPO
@@ -133,7 +134,7 @@ def test_resume_refuses_other_data(project, finished_run, capsys):
 def test_resume_refuses_another_version(project, finished_run, capsys, monkeypatch):
     monkeypatch.setattr("brmrs_pyg.checkpoint.__version__", "9.9.9")
     assert main(["--resume", str(finished_run)], root=project) == 2
-    assert "written by brmrs_pyg 0.1.0, this is 9.9.9" in capsys.readouterr().err
+    assert f"written by brmrs_pyg {__version__}, this is 9.9.9" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("damage", ["missing", "garbage"])
