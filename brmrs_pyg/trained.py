@@ -24,12 +24,21 @@ tie exactly, their order is ``torch.topk``'s, as there). Other sets of users may
 that differ in the last float32 digits (the matrix product blocks rows differently), so two
 items whose scores are that close may swap. Lists of users with fewer than :math:`k`
 unmasked items are padded with item ``-1`` and score ``-inf``.
+
+**New items** (``recommend(users, new_items={"text": X_t, "image": X_v})``,
+:meth:`TrainedModel.with_new_items`) exist only as feature rows, one per item in every
+modality of the run, in the form of the dataset's feature files. New item :math:`j` (row
+:math:`j`) is item :math:`|\mathcal{I}| + j`: the model is rebuilt with the rows appended
+(:func:`~brmrs_pyg.restore.with_new_items`) and scores them as a cold item
+(``split=cold_items``), from its features alone, ranked together with the dataset's items.
+Models that cannot rank cold items (``supports_cold_items``) refuse them.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -42,12 +51,15 @@ from brmrs_pyg.interactions import PairIndex
 from brmrs_pyg.pipeline import Paths, data_dir_of
 from brmrs_pyg.recommenders.base import Recommender
 from brmrs_pyg.recommenders.branched import FUSED, BranchedRecommender
-from brmrs_pyg.restore import RunError, branch_embeddings, restore_run
+from brmrs_pyg.restore import RunError, branch_embeddings, restore_run, with_new_items
 
 __all__ = ["Recommendations", "RunError", "TrainedModel", "load_run"]
 
 #: Users, or items, given by id: a tensor, a sequence, one id, or :obj:`None` for all.
 Ids = Tensor | Sequence[int] | int | None
+
+#: Feature rows of new items per modality: arrays or tensors :math:`(n, d_m)`.
+NewItems = Mapping[str, Any]
 
 
 class Recommendations(NamedTuple):
@@ -138,6 +150,8 @@ class TrainedModel:
                                           self.device)
         self._embeddings: dict[str, tuple[Tensor, Tensor]] | None = None
         self._own_scorers: dict[str, Scorer] | None = None
+        #: Ids of the items added by :meth:`with_new_items` (empty for a run's own model).
+        self.new_item_ids = torch.zeros(0, dtype=torch.long, device=self.device)
 
     def __repr__(self) -> str:
         return (f"TrainedModel({self.name}, dataset {self.data.name!r}: {self.data.num_users} "
@@ -196,7 +210,8 @@ class TrainedModel:
 
     @torch.no_grad()
     def recommend(self, users: Ids = None, k: int = 20, exclude_seen: bool = True,
-                  branch: str = FUSED, candidates: Ids = None) -> Recommendations:
+                  branch: str = FUSED, candidates: Ids = None,
+                  new_items: NewItems | None = None) -> Recommendations:
         r"""The top ``k`` items of each user under ``branch`` (module docstring).
 
         Args:
@@ -206,13 +221,57 @@ class TrainedModel:
                 (default: :obj:`True`)
             branch (str, optional): The scoring branch, see :attr:`branches`.
                 (default: ``"fused"``)
-            candidates (Tensor or list, optional): Rank only these item ids (default: all).
+            candidates (Tensor or list, optional): Rank only these item ids (default: all);
+                with ``new_items``, ids up to :math:`|\mathcal{I}| + n - 1`.
+            new_items (dict, optional): Feature rows of :math:`n` new items per modality
+                (:meth:`with_new_items`), ranked with the dataset's items as ids
+                :math:`|\mathcal{I}|` to :math:`|\mathcal{I}| + n - 1` (row :math:`j` is
+                id :math:`|\mathcal{I}| + j`). (default: :obj:`None`)
+
+        Example (new items only, the best 5 of them for users 0 and 1)::
+
+            >>> new = model.with_new_items({"text": x_t, "image": x_v})   # doctest: +SKIP
+            >>> model.recommend([0, 1], k=5, new_items={"text": x_t, "image": x_v},
+            ...                 candidates=new.new_item_ids)              # doctest: +SKIP
         """
         if k < 1:
             raise RunError(f"k must be >= 1, got {k}")
-        scorer, user_ids = self._scorer(branch), self.user_ids(users)
-        allowed = None if candidates is None else self.item_ids(candidates)
+        ranker = self if new_items is None else self.with_new_items(new_items)
+        scorer, user_ids = ranker._scorer(branch), self.user_ids(users)
+        allowed = None if candidates is None else ranker.item_ids(candidates)
         return self._top_k(user_ids, scorer, k, exclude_seen, allowed)
+
+    def with_new_items(self, new_items: NewItems) -> "TrainedModel":
+        r"""This trained model over its dataset's items plus new items given only by their
+        feature rows (module docstring): its items are those of :attr:`data` followed by the
+        new ones, ids :attr:`new_item_ids`, scored as cold items from their features
+        (:func:`~brmrs_pyg.restore.with_new_items`). Its training interactions, users and
+        user mapping are this model's; it has no item mapping.
+
+        Args:
+            new_items (dict): Per modality of the run, an array or tensor :math:`(n, d_m)` of
+                finite feature rows (the same :math:`n` for all), as in the dataset's
+                feature files.
+
+        Raises:
+            RunError: The model cannot rank cold items, or rows missing, extra, of the wrong
+                width or count, or not finite.
+        """
+        model_cls = type(self.model)
+        if not model_cls.supports_cold_items:
+            raise RunError(f"model {self.name} cannot rank new items, "
+                           f"{model_cls.cold_refusal}")
+        if self.config is None:
+            raise RunError("new items need the run's config to rebuild the model: load the "
+                           "run with load_run()")
+        features = check_new_items(new_items, self.data)
+        data, model = with_new_items(self.config, self.data, self.model, features)
+        extended = TrainedModel(model, data, self.config,
+                                IdMaps(self.id_maps.folder, self.id_maps.user, None),
+                                self.chunk_size)
+        extended.new_item_ids = torch.arange(self.data.num_items, data.num_items,
+                                             device=self.device)
+        return extended
 
     def _top_k(self, users: Tensor, scorer: Scorer, k: int, exclude_seen: bool,
                candidates: Tensor | None) -> Recommendations:
@@ -281,7 +340,8 @@ class TrainedModel:
         out = out.long().reshape(-1)
         bad = (out < 0) | (out >= count)
         if bool(bad.any()):
-            raise RunError(f"{side} {int(out[bad][0])} is not a {side} id of dataset "
+            article = "an" if side == "item" else "a"
+            raise RunError(f"{side} {int(out[bad][0])} is not {article} {side} id of dataset "
                            f"{self.data.name!r} (ids 0..{count - 1})")
         return out
 
@@ -303,3 +363,41 @@ class TrainedModel:
         if self._own_scorers is None:
             self._own_scorers = {**self.model.branch_scorers(), FUSED: self.model.scorer()}
         return self._own_scorers[branch]
+
+
+def check_new_items(new_items: NewItems, data: InteractionData) -> dict[str, Tensor]:
+    r"""``new_items`` as float32 CPU tensors, checked against the modalities of ``data``:
+    every one present and no other, 2-D with its feature width, the same number of rows
+    (at least one) in each, every value finite; a :class:`RunError` naming what is wrong.
+
+    Shapes:
+        - **new_items[m]**: :math:`(n, d_m)`; **output[m]**: the same.
+
+    >>> data = InteractionData("toy", 1, 2, *[torch.zeros(2, 0, dtype=torch.long)] * 3,
+    ...                        features={"text": torch.zeros(2, 3)})
+    >>> check_new_items({"text": [[1.0, 2.0, 3.0]]}, data)["text"].shape
+    torch.Size([1, 3])
+    """
+    wanted = data.features
+    missing, extra = sorted(set(wanted) - set(new_items)), sorted(set(new_items) - set(wanted))
+    if missing or extra:
+        raise RunError(f"new_items must give every modality of the run and no other: "
+                       f"{', '.join(wanted)} (missing: {', '.join(missing) or 'none'}; "
+                       f"unknown: {', '.join(extra) or 'none'})")
+    out: dict[str, Tensor] = {}
+    for m, x in wanted.items():
+        value = new_items[m]
+        rows = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value)
+        rows = rows.detach().to("cpu", torch.float32)
+        if rows.dim() != 2 or rows.size(1) != x.size(1):
+            raise RunError(f"new_items[{m!r}] must be (n, {x.size(1)}), the width of the "
+                           f"run's {m} features; got shape {tuple(rows.shape)}")
+        if not bool(torch.isfinite(rows).all()):
+            bad = int((~torch.isfinite(rows)).any(1).nonzero()[0])
+            raise RunError(f"new_items[{m!r}] row {bad} holds a NaN or infinite value")
+        out[m] = rows
+    counts = {m: x.size(0) for m, x in out.items()}
+    if len(set(counts.values())) != 1 or min(counts.values(), default=0) < 1:
+        raise RunError(f"new_items must hold the same number (>= 1) of rows in every modality, "
+                       f"one per new item; got {counts}")
+    return out

@@ -328,3 +328,144 @@ def test_export_faiss_recall(runs, tmp_path, kind):
     # a second export over it: the index of the first is removed with an npy export
     export_run(trained, tmp_path)
     assert not (tmp_path / "items.faiss").exists()
+
+
+# --- new items: items that exist only as feature rows (TrainedModel.with_new_items) ---
+
+
+@pytest.fixture(scope="module")
+def cold_runs(runs):
+    r"""Cold-start runs (``split=cold_items``) of VBPR and BR-MRS on the ``plain`` dataset."""
+    root, _ = runs
+    common = ["--epochs", "3", f"cache_dir={root / 'cache'}", "threads=1", "batch_size=64",
+              "split=cold_items", "cold_ratio=0.3", "--dataset", "plain"]
+    out = {m: root / "runs" / f"cold-{m}" for m in ("vbpr", "brmrs")}
+    for model, path in out.items():
+        assert main([*common, "--model", model, "--out", str(path)], root=root) == 0
+    return root, out
+
+
+def cold_rows(trained):
+    test = trained.data.cold.test
+    return test, {m: x[test].numpy() for m, x in trained.data.features.items()}
+
+
+def test_new_items_score_as_the_runs_cold_items(cold_runs):
+    root, out = cold_runs
+    trained = load_run(out["vbpr"], root=root)
+    test, rows = cold_rows(trained)
+    users = trained.heldout_users("test")
+    extended = trained.with_new_items(rows)
+    n = trained.data.num_items
+    assert extended.new_item_ids.tolist() == list(range(n, n + test.numel()))
+    for branch in trained.branches:  # a cold item of the run is a new item, to float error
+        torch.testing.assert_close(extended.score(users, extended.new_item_ids, branch),
+                                   trained.score(users, test, branch), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(extended.score(users, None, branch)[:, :n],
+                                   trained.score(users, None, branch), rtol=1e-5, atol=1e-5)
+    # the run's own cold items stay cold: the rebuilt model zeroes their ID rows too
+    assert extended.model.warm_rows[:n].view(-1).tolist() == \
+        trained.model.warm_rows.view(-1).tolist()
+    # ranking the new items among themselves is the run's ranking of its test cold items
+    got = trained.recommend(users, k=test.numel(), new_items=rows,
+                            candidates=extended.new_item_ids)
+    want = trained.recommend(users, k=test.numel(), candidates=test)
+    assert torch.equal(got.items - n, torch.searchsorted(test, want.items))
+    torch.testing.assert_close(got.scores, want.scores, rtol=1e-5, atol=1e-5)
+
+
+def test_new_item_ids_map_to_their_rows(cold_runs):
+    r"""New item :math:`j` is id :math:`|\mathcal{I}| + j` with the score of row :math:`j`:
+    a copy of a warm item's features scores as that item without its ID factor and item
+    bias (VBPR's cold score), and ranks where that score puts it among the warm items."""
+    root, out = cold_runs
+    trained = load_run(out["vbpr"], root=root)
+    model, n = trained.model, trained.data.num_items
+    user = int(trained.heldout_users("test")[0])
+    best = int(trained.recommend(user, k=1).items[0, 0])
+    other = int(trained.recommend(user, k=n).items[0, -1])  # the user's worst unseen item
+    rows = {m: x[[other, best]].numpy() for m, x in trained.data.features.items()}
+    recs = trained.recommend(user, k=n + 2, new_items=rows)
+    warm = trained.score(user)[0]
+
+    @torch.no_grad()
+    def cold_score(item):  # the run's own cold items already have no ID part
+        id_part = model.user_gamma.weight[user] @ model.without_cold_ids(
+            model.item_gamma.weight)[item]
+        if model.item_bias is not None:
+            id_part = id_part + model.without_cold_ids(model.item_bias.weight)[item, 0]
+        return float(warm[item] - id_part)
+
+    items, scores = recs.items[0].tolist(), recs.scores[0].tolist()
+    unseen = [i for i in range(n) if i not in train_sets(trained).get(user, set())]
+    assert sorted(i for i in items if i >= 0) == sorted(unseen + [n, n + 1])
+    for new, item in ((n, other), (n + 1, best)):
+        at = items.index(new)
+        assert scores[at] == pytest.approx(cold_score(item), abs=1e-5)
+        above = sum(float(warm[i]) > scores[at] + 1e-5 for i in unseen)
+        below = sum(float(warm[i]) < scores[at] - 1e-5 for i in unseen)
+        assert above <= at <= len(unseen) + 1 - below
+
+
+def test_new_items_of_brmrs(cold_runs):
+    root, out = cold_runs
+    trained = load_run(out["brmrs"], root=root)
+    _, rows = cold_rows(trained)
+    users = trained.heldout_users("test")
+    recs = trained.recommend(users, k=5, new_items=rows)
+    assert recs.items.shape == (users.numel(), 5) and bool(torch.isfinite(recs.scores).all())
+    n, count = trained.data.num_items, len(next(iter(rows.values())))
+    assert int(recs.items.max()) < n + count
+    extended = trained.with_new_items(rows)
+    for branch in trained.branches:
+        assert extended.score(users, None, branch).shape == (users.numel(), n + count)
+
+
+def test_new_items_refusals(runs, cold_runs):
+    with pytest.raises(RunError, match="model lightgcn cannot rank new items, it represents"):
+        load(runs, "lightgcn").recommend([0], new_items={"text": np.zeros((1, 8))})
+    root, out = cold_runs
+    trained = load_run(out["vbpr"], root=root)
+    good = {"text": np.zeros((2, 8)), "image": np.ones((2, 12))}
+    with pytest.raises(RunError, match=r"every modality.*missing: image; unknown: none"):
+        trained.recommend([0], new_items={"text": good["text"]})
+    with pytest.raises(RunError, match=r"missing: none; unknown: audio"):
+        trained.recommend([0], new_items={**good, "audio": good["text"]})
+    with pytest.raises(RunError, match=r"new_items\['image'\] must be \(n, 12\).*\(2, 8\)"):
+        trained.recommend([0], new_items={**good, "image": good["text"]})
+    nan = good["image"].copy()
+    nan[1, 3] = np.nan
+    with pytest.raises(RunError, match=r"new_items\['image'\] row 1 holds a NaN"):
+        trained.recommend([0], new_items={**good, "image": nan})
+    with pytest.raises(RunError, match=r"same number .* rows.*'text': 2, 'image': 1"):
+        trained.recommend([0], new_items={**good, "image": good["image"][:1]})
+    with pytest.raises(RunError, match=r"item 42 is not an item id .* \(ids 0\.\.41\)"):
+        trained.recommend([0], new_items=good, candidates=[42])
+
+
+def test_extend_state_dict_rule():
+    r"""Same shape: loaded; item table grown by new rows: zero rows appended (parameters and
+    persistent buffers); a buffer of another shape: the rebuilt one kept; a parameter of
+    another shape: an error; non-persistent buffers are not in the state dict at all."""
+    from brmrs_pyg.restore import extend_state_dict
+
+    class Toy(torch.nn.Module):
+        def __init__(self, items, width=3):
+            super().__init__()
+            self.table = torch.nn.Parameter(torch.full((items, 2), float(items)))
+            self.shared = torch.nn.Parameter(torch.full((4, 2), float(items)))
+            self.register_buffer("counts", torch.full((items,), float(items)))
+            self.register_buffer("stats", torch.full((2, items), float(items)))
+            self.register_buffer("graph", torch.full((items,), float(items)), persistent=False)
+            self.odd = torch.nn.Parameter(torch.zeros(2, width))
+
+    old, new = Toy(3), Toy(5)
+    state = extend_state_dict(old.state_dict(), new, 3)
+    assert "graph" not in state
+    new.load_state_dict(state)
+    assert new.table.tolist() == [[3.0, 3.0]] * 3 + [[0.0, 0.0]] * 2
+    assert new.shared.tolist() == [[3.0, 3.0]] * 4
+    assert new.counts.tolist() == [3.0] * 3 + [0.0] * 2
+    assert new.stats.tolist() == [[5.0] * 5] * 2 and new.graph.tolist() == [5.0] * 5
+    with pytest.raises(RunError, match="parameter odd of shape"):
+        extend_state_dict(old.state_dict(), Toy(5, width=4), 3)

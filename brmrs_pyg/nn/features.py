@@ -22,6 +22,8 @@ BASIS_VERSION = 1
 
 _CACHE_DIR: contextvars.ContextVar[Path | None] = contextvars.ContextVar("basis_cache",
                                                                            default=None)
+_REFERENCE_ROWS: contextvars.ContextVar[int | None] = contextvars.ContextVar("reference_rows",
+                                                                             default=None)
 
 
 @contextlib.contextmanager
@@ -42,6 +44,29 @@ def basis_cache(cache_dir: Path | None) -> Iterator[None]:
         yield
     finally:
         _CACHE_DIR.reset(token)
+
+
+@contextlib.contextmanager
+def reference_rows(count: int | None) -> Iterator[None]:
+    r"""Within the block, :func:`prepare_features` takes its centring, principal basis and
+    scale from the first ``count`` rows only and applies them to every row (``None``: all
+    rows, the default outside any block).
+
+    Rows appended after a trained model's items (new items of a loaded run,
+    :meth:`~brmrs_pyg.trained.TrainedModel.with_new_items`) are then prepared exactly as the
+    training items were, and leave those items' prepared features unchanged.
+
+    >>> x = torch.randn(6, 4)
+    >>> with reference_rows(4):
+    ...     out = prepare_features(x)
+    >>> torch.allclose(out[:4], prepare_features(x[:4]))
+    True
+    """
+    token = _REFERENCE_ROWS.set(count)
+    try:
+        yield
+    finally:
+        _REFERENCE_ROWS.reset(token)
 
 
 def prepare_features(x: Tensor, dim: int = 0, name: str = "features") -> Tensor:
@@ -71,15 +96,16 @@ def prepare_features(x: Tensor, dim: int = 0, name: str = "features") -> Tensor:
     if dim < 0:
         raise ValueError(f"dim must be >= 0, got {dim}")
     start = time.perf_counter()
+    rows = _REFERENCE_ROWS.get()  # None: statistics of all rows (x[:None] is x)
     x = x.double()
-    x = x - x.mean(0, keepdim=True)
+    x = x - x[:rows].mean(0, keepdim=True)
     if 0 < dim < x.size(1):
-        basis, cached = load_or_compute_basis(x, dim, _CACHE_DIR.get())
+        basis, cached = load_or_compute_basis(x[:rows], dim, _CACHE_DIR.get())
         width = x.size(1)
         x = x @ basis
         log.info("feature projection %s: %d -> %d dims in %.1f s, basis %s", name, width, dim,
                  time.perf_counter() - start, f"from cache {cached}" if cached else "computed")
-    scale = x.norm(dim=1).mean().clamp_min(1e-12)
+    scale = x[:rows].norm(dim=1).mean().clamp_min(1e-12)
     return (x / scale).float()
 
 
