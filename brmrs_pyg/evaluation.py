@@ -121,8 +121,7 @@ class Evaluator:
         #: :obj:`None`.
         self.excluded: Tensor | None = None
         if candidates is not None:
-            excluded = torch.ones(train.num_items, dtype=torch.bool, device=heldout.col.device)
-            excluded[candidates.to(excluded.device)] = False
+            excluded = outside(candidates, train.num_items, heldout.col.device)
             if bool(excluded[heldout.col].any()):
                 item = int(heldout.col[excluded[heldout.col]][0])
                 raise ValueError(f"held-out item {item} is not a candidate: every held-out "
@@ -146,10 +145,7 @@ class Evaluator:
             if scores.shape != (users.numel(), num_items):
                 raise ValueError(f"scorer returned shape {tuple(scores.shape)}, expected "
                                  f"({users.numel()}, {num_items})")
-            rows, items = self.train.pairs_of(users)
-            scores[rows, items] = -float("inf")
-            if self.excluded is not None:
-                scores.masked_fill_(self.excluded, -float("inf"))
+            mask_scores(scores, users, self.train, self.excluded)
             rows, items = self.heldout.pairs_of(users)
             heldout = torch.zeros_like(scores, dtype=torch.bool)
             heldout[rows, items] = True
@@ -167,8 +163,8 @@ class Evaluator:
                     sums[f"{name}@{k}"] += float(values.sum())
                     if return_per_user:
                         rows_of[f"{name}@{k}"].append(values)
-            if return_topk:  # masked (training) items never enter a list: -1 pads it
-                tops.append(top[:, :max_k].masked_fill(top_val[:, :max_k].isneginf(), -1))
+            if return_topk:
+                tops.append(ranked_lists(top[:, :max_k], top_val[:, :max_k]))
         n = max(self.users.numel(), 1)
         per_user = None
         if return_per_user:
@@ -179,3 +175,35 @@ class Evaluator:
                           users=self.users if return_topk or return_per_user else None,
                           topk=torch.cat(tops) if return_topk and tops else None,
                           per_user=per_user)
+
+
+def outside(candidates: Tensor, num_items: int, device: torch.device) -> Tensor:
+    r"""The :math:`(|\mathcal{I}|,)` mask of the items that are not ``candidates``."""
+    excluded = torch.ones(num_items, dtype=torch.bool, device=device)
+    excluded[candidates.to(device)] = False
+    return excluded
+
+
+def mask_scores(scores: Tensor, users: Tensor, train: PairIndex | None,
+                excluded: Tensor | None) -> Tensor:
+    r"""Sets, in place, the scores of each user's training items (unless ``train`` is
+    :obj:`None`) and of the ``excluded`` items to :math:`-\infty`, so a ranking never
+    returns them; returns ``scores``. Columns past ``excluded``'s length (items appended
+    after the dataset's) are left as they are.
+
+    Shapes:
+        - **scores**: :math:`(B, \geq |\mathcal{I}|)`, row ``b`` = user ``users[b]``.
+    """
+    if train is not None:
+        rows, items = train.pairs_of(users)
+        scores[rows, items] = -float("inf")
+    if excluded is not None:
+        scores[:, :excluded.numel()].masked_fill_(excluded, -float("inf"))
+    return scores
+
+
+def ranked_lists(top: Tensor, values: Tensor) -> Tensor:
+    r"""``top`` (item ids, best first) with every masked entry (score :math:`-\infty`) set
+    to ``-1``: a masked item never enters a list, ``-1`` pads it."""
+    return top.masked_fill(values.isneginf(), -1)
+

@@ -46,7 +46,7 @@ from brmrs_pyg.config import Config
 from brmrs_pyg.data.errors import DataError
 from brmrs_pyg.data.idmaps import IdMap, IdMaps, read_id_maps
 from brmrs_pyg.data.mmrec import InteractionData
-from brmrs_pyg.evaluation import Evaluator, Scorer
+from brmrs_pyg.evaluation import Evaluator, Scorer, mask_scores, outside, ranked_lists
 from brmrs_pyg.interactions import PairIndex
 from brmrs_pyg.pipeline import Paths, data_dir_of
 from brmrs_pyg.recommenders.base import Recommender
@@ -279,18 +279,15 @@ class TrainedModel:
         more columns than the dataset has items (new items appended after them, ids from
         :math:`|\mathcal{I}|` on): those are never seen items."""
         items, scores = [], []
+        excluded = None  # made once, at the width of the scorer's first chunk
         for lo in range(0, users.numel(), self.chunk_size):
             chunk = users[lo:lo + self.chunk_size]
             s = scorer(chunk).float()
-            if exclude_seen:
-                rows, seen = self.train.pairs_of(chunk)
-                s[rows, seen] = -float("inf")
-            if candidates is not None:
-                keep = torch.zeros(s.size(1), dtype=torch.bool, device=s.device)
-                keep[candidates] = True
-                s.masked_fill_(~keep, -float("inf"))
+            if candidates is not None and excluded is None:
+                excluded = outside(candidates, s.size(1), s.device)
+            mask_scores(s, chunk, self.train if exclude_seen else None, excluded)
             value, top = s.topk(min(k, s.size(1)), dim=1)
-            items.append(top.masked_fill(value.isneginf(), -1))
+            items.append(ranked_lists(top, value))
             scores.append(value)
         if not items:
             width = min(k, self.data.num_items)
