@@ -44,6 +44,12 @@ class Backbone(torch.nn.Module):
     #: weights instead of silently ignoring them.
     supports_edge_weight: ClassVar[bool] = True
 
+    #: Whether the backbone is LightGCN's parameter-free propagation,
+    #: :math:`\sum_l \alpha_l \hat{A}^l \mathbf{x}` with the weights :attr:`alpha`: a caller
+    #: may then compute it in any equivalent way, e.g. several inputs over the same graph
+    #: side by side in the columns of one wider input, or a bipartite graph block by block.
+    linear_propagation: ClassVar[bool] = False
+
     def __init__(self, channels: int, num_layers: int,
                  alpha: Sequence[float] | None = None) -> None:
         super().__init__()
@@ -122,6 +128,8 @@ class LightGCNBackbone(Backbone):
     where :math:`\hat{a}_{ji}` are the graph's (already normalised) edge weights; no
     parameters of its own.
     """
+
+    linear_propagation: ClassVar[bool] = True
 
     def init_conv(self, layer: int) -> MessagePassing:
         return _LGConv(normalize=False)

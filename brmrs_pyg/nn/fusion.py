@@ -2,7 +2,9 @@ r"""Fusion functions :math:`\phi`: combine per-modality representations of the s
 into one fused representation, chosen by name.
 
 Contract: ``forward(xs) -> Tensor`` with ``xs`` a list of :math:`M` tensors of shape
-:math:`(N, d)` (one per modality, in a fixed order) and an output of shape :math:`(N, d)`.
+:math:`(N, d)` (one per modality, in a fixed order) and an output of shape :math:`(N, d)`,
+row by row: output row :math:`n` depends on row :math:`n` of the inputs only, so fusing some
+rows equals taking those rows of the fused table (BR-MRS's loss fuses only a batch's rows).
 """
 from __future__ import annotations
 
@@ -34,6 +36,16 @@ class Fusion(torch.nn.Module):
 
     def forward(self, xs: list[Tensor]) -> Tensor:
         raise NotImplementedError
+
+    def fuse_columns(self, x: Tensor) -> Tensor:
+        r"""The fusion of representations stored side by side, modality :math:`m` in
+        columns :math:`[md, (m+1)d)`: ``forward`` of the column blocks, whose gradients
+        backward gathers into one tensor instead of one full-size tensor per block.
+
+        Shapes:
+            - **x**: :math:`(N, Md)`; **output**: :math:`(N, d)`.
+        """
+        return self(list(x.view(x.size(0), self.num_modalities, -1).unbind(1)))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.channels}, num_modalities={self.num_modalities})"

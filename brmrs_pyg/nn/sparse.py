@@ -35,26 +35,39 @@ def transpose_of(adj: Tensor) -> Tensor:
     return hit[1]
 
 
+def _scaled_mm(adj_t: Tensor, x: Tensor, scale: float) -> Tensor:
+    if scale == 1.0:
+        return torch.sparse.mm(adj_t, x)
+    # the weight inside the product: no separate pass over the output
+    return torch.addmm(x.new_empty(adj_t.size(0), x.size(1)), adj_t, x, beta=0.0, alpha=scale)
+
+
 class _SpMM(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, adj_t: Tensor, x: Tensor) -> Tensor:
-        ctx.adj_t = adj_t
-        return torch.sparse.mm(adj_t, x)
+    def forward(ctx: Any, adj_t: Tensor, x: Tensor, scale: float) -> Tensor:
+        ctx.adj_t, ctx.scale = adj_t, scale
+        return _scaled_mm(adj_t, x, scale)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor]:
-        return None, torch.sparse.mm(transpose_of(ctx.adj_t), grad)
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, None]:
+        return None, _scaled_mm(transpose_of(ctx.adj_t), grad, ctx.scale), None
 
 
-def spmm(adj_t: Tensor, x: Tensor) -> Tensor:
-    r"""``adj_t @ x`` for a sparse CSR ``adj_t`` (constant) and a dense ``x``.
+def spmm(adj_t: Tensor, x: Tensor, scale: float = 1.0) -> Tensor:
+    r"""``scale * (adj_t @ x)`` for a sparse CSR ``adj_t`` (constant) and a dense ``x``.
+
+    Args:
+        adj_t (Tensor): The sparse matrix.
+        x (Tensor): The dense matrix.
+        scale (float, optional): A weight applied inside the product (e.g. a layer's
+            :math:`\alpha_l`), saving a pass over the output. (default: :obj:`1.0`)
 
     Shapes:
         - **adj_t**: :math:`(N, M)` sparse CSR; **x**: :math:`(M, d)`; **output**: :math:`(N, d)`.
     """
     if adj_t.requires_grad:
         raise ValueError("spmm treats the sparse matrix as a constant; its values require grad")
-    return _SpMM.apply(adj_t, x)
+    return _SpMM.apply(adj_t, x, scale)
 
 
 def to_adj_t(edge_index: Tensor, edge_weight: Tensor, num_nodes: int) -> Tensor:
@@ -65,11 +78,63 @@ def to_adj_t(edge_index: Tensor, edge_weight: Tensor, num_nodes: int) -> Tensor:
     return to_csr(coo.coalesce())
 
 
-def _csr(crow: Tensor, col: Tensor, values: Tensor, num_nodes: int) -> Tensor:
+def _csr(crow: Tensor, col: Tensor, values: Tensor, num_nodes: int,
+         num_cols: int | None = None) -> Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(crow, col, values, (num_nodes, num_nodes),
+        return torch.sparse_csr_tensor(crow, col, values, (num_nodes, num_cols or num_nodes),
                                        check_invariants=False)
+
+
+def bipartite_blocks(adj_t: Tensor, num_users: int) -> tuple[Tensor, Tensor] | None:
+    r"""The two off-diagonal blocks of a sparse CSR ``adj_t`` over users then items, when it
+    has no other non-zero (a user-item graph): :math:`\hat{A}_{ui}` (rows the users, columns
+    the items) and :math:`\hat{A}_{iu}`, so that ``adj_t @ [X_u; X_i]`` is
+    ``[A_ui @ X_i; A_iu @ X_u]`` with the same sums; ``None`` otherwise.
+
+    Shapes:
+        - **adj_t**: :math:`(U + I, U + I)` sparse CSR; **output**: :math:`(U, I)` and
+          :math:`(I, U)` sparse CSR.
+    """
+    crow, col, values = adj_t.crow_indices(), adj_t.col_indices(), adj_t.values()
+    split = int(crow[num_users])
+    num_nodes = adj_t.size(0)
+    if bool((col[:split] < num_users).any()) or bool((col[split:] >= num_users).any()):
+        return None
+    users = _csr(crow[:num_users + 1], col[:split] - num_users, values[:split], num_users,
+                 num_nodes - num_users)
+    items = _csr(crow[num_users:] - split, col[split:], values[split:],
+                 num_nodes - num_users, num_users)
+    return users, items
+
+
+@torch.no_grad()
+def sampled_dot(rows: Tensor, table: Tensor, index: Tensor) -> Tensor:
+    r"""Inner products of each row with its own candidates among the rows of a table,
+    :math:`s_{bp} = \langle \mathbf{r}_b, \mathbf{t}_{\text{index}_{bp}} \rangle`, without
+    gradient: on CPU one sampled dense-dense product (``torch.sparse.sampled_addmm``), several
+    times faster than gathering the :math:`(B, P, d)` candidates and reducing them, as it
+    never writes them out (elsewhere, that gather). A candidate may repeat within a row, and
+    a row may have more candidates than the table has rows.
+
+    Shapes:
+        - **rows**: :math:`(B, d)`; **table**: :math:`(N, d)`; **index**: :math:`(B, P)`,
+          in :math:`[0, N)`; **output**: :math:`(B, P)`.
+
+    >>> sampled_dot(torch.ones(1, 2), torch.tensor([[1.0, 2.0], [3.0, 4.0]]),
+    ...             torch.tensor([[1, 0, 1]])).tolist()
+    [[7.0, 3.0, 7.0]]
+    """
+    num_rows, per_row = index.shape
+    # sampled_addmm refuses more pairs than the matrix has entries; on a GPU (cuSPARSE) it
+    # is not known to accept repeated or unsorted columns, and the gather is fast there
+    if per_row > table.size(0) or rows.device.type != "cpu":
+        return (rows.unsqueeze(1) * table[index]).sum(-1)
+    crow = torch.arange(0, index.numel() + 1, per_row, device=index.device)
+    pattern = _csr(crow, index.reshape(-1), rows.new_zeros(index.numel()), num_rows,
+                   table.size(0))
+    return torch.sparse.sampled_addmm(pattern, rows, table.T, beta=0.0).values().view(
+        num_rows, per_row)
 
 
 class EdgeGraph(torch.nn.Module):

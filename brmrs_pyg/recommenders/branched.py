@@ -4,7 +4,7 @@ plug-in that attaches CHNS and the synergy-aware BPR to any of them (DESIGN sect
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Mapping
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import Tensor
@@ -12,7 +12,10 @@ from torch import Tensor
 from brmrs_pyg.config import ConfigError, option
 from brmrs_pyg.evaluation import Scorer
 from brmrs_pyg.losses import CrossModalWeights, cross_modal_objective
+from brmrs_pyg.nn.fusion import Fusion
+from brmrs_pyg.nn.sparse import sampled_dot
 from brmrs_pyg.recommenders.base import Batch, Recommender, gather, row_scores
+from brmrs_pyg.sampling import hardest_in_pool
 
 #: Name of the fused branch in :meth:`BranchedRecommender.branches`.
 FUSED = "fused"
@@ -112,6 +115,100 @@ def branch_scores(branches: Branches, batch: Batch, pool_columns: int, fused_col
         columns = fused_columns if name == fused else pool_columns
         pool[name] = row_scores(u, gather(item, batch.neg[:, :columns]))
     return pos, pool
+
+
+def side_by_side_scores(users: Tensor, items: Tensor, fusions: tuple[Fusion, Fusion],
+                        names: list[str], batch: Batch, pool_columns: int, hard_k: int,
+                        fused_pool: bool = False) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    r"""The scores of :func:`branch_scores` (same values, same gradients) for modality
+    branches kept side by side, modality ``names[m]`` in columns :math:`[md, (m+1)d)` of
+    ``users`` and ``items``, and a fused branch that ``fusions`` (user, item) make of them.
+
+    Every modality is scored in one product per gathered table instead of one per branch;
+    the fused branch fuses the gathered rows only (a fusion acts row by row), never whole
+    tables; and the pool is scored without gradient: :func:`cross_modal_objective` takes
+    gradient from a pool at column 0 (the uniform negative) and at the ``hard_k`` hardest
+    candidates of some branch only, so just those columns (and the positives) are scored
+    again with gradient, and added to the pool as exact zeros that carry it. The pool's
+    values are those scored without gradient, so the hard negatives the objective picks
+    are the ones that carry gradient.
+
+    Args:
+        users, items (Tensor): The modalities' tables side by side.
+        fusions (tuple of Fusion): The fusions of the user and of the item rows.
+        names (list of str): The modalities, in column order.
+        batch (Batch): The triples; the pool is the first ``pool_columns`` of ``batch.neg``.
+        pool_columns (int): Pool size :math:`P`.
+        hard_k (int): Hard negatives per branch the objective may pick.
+        fused_pool (bool, optional): Score the whole pool under the fused branch too (hard
+            negatives picked by the fused score); otherwise its column 0 only.
+            (default: :obj:`False`)
+
+    Shapes:
+        - **users**: :math:`(|\mathcal{U}|, Md)`; **items**: :math:`(|\mathcal{I}|, Md)`.
+        - **output**: per branch, :math:`(B,)` and :math:`(B, P)` (:math:`(B, 1)` for the
+          fused branch unless ``fused_pool``).
+    """
+    neg = batch.neg[:, :pool_columns]
+    u = gather(users, batch.users)
+    fused_u = fusions[0].fuse_columns(u)
+    d = fused_u.size(1)
+    with torch.no_grad():
+        pool = tuple(sampled_dot(u[:, k * d:(k + 1) * d], items[:, k * d:(k + 1) * d], neg)
+                     for k in range(len(names)))
+        if fused_pool:
+            pool += (sampled_dot(fused_u, fusions[1].fuse_columns(items), neg),)
+        columns = torch.cat([neg.new_zeros(neg.size(0), 1),
+                             *(hardest_in_pool(p, hard_k) for p in pool)], 1)
+        # a column picked twice carries its gradient once
+        same = columns.unsqueeze(2) == columns.unsqueeze(1)
+        first = ~(same & same.new_ones(same.shape[1:]).tril(-1)).any(2)
+    index = torch.cat([batch.pos.unsqueeze(1), neg.gather(1, columns)], 1)
+    rows = gather(items, index)
+    scored = _block_scores(u, rows, len(names)).unbind(-1)
+    # every column, though only the positive and column 0 are used unless fused_pool:
+    # slicing the rows would cost a zero-filled copy of them in backward
+    fused_i = fusions[1].fuse_columns(rows.view(-1, users.size(1)))
+    fused = _block_scores(fused_u, fused_i.view(*rows.shape[:2], d), 1).squeeze(-1)
+    pos = {name: s[:, 0] for name, s in zip(names, scored)}
+    pos[FUSED] = fused[:, 0]
+    out = {name: _carry_gradient(p, columns, s[:, 1:], first)
+           for name, p, s in zip(names, pool, scored)}
+    out[FUSED] = (_carry_gradient(pool[-1], columns, fused[:, 1:], first) if fused_pool
+                  else fused[:, 1:2])
+    return pos, out
+
+
+class _BlockScores(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, user: Tensor, items: Tensor, blocks: int) -> Tensor:
+        ctx.save_for_backward(user, items)
+        batch, columns, width = items.shape
+        ctx.shape = (batch, columns, blocks, width // blocks)
+        return (items.view(ctx.shape) * user.view(batch, 1, blocks, -1)).sum(-1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        user, items = ctx.saved_tensors
+        batch, columns, blocks, _ = ctx.shape
+        grad = grad.unsqueeze(-1)
+        # one product each instead of autograd's broadcast products, sums and expansion
+        grad_user = (grad * items.view(ctx.shape)).sum(1).view(user.shape)
+        grad_items = (grad * user.view(batch, 1, blocks, -1)).view(items.shape)
+        return grad_user, grad_items, None
+
+
+def _block_scores(user: Tensor, items: Tensor, blocks: int) -> Tensor:
+    r"""Per column block, inner products of each user row with its candidates: user
+    :math:`(B, Md)` and items :math:`(B, C, Md)` give :math:`(B, C, M)`."""
+    return _BlockScores.apply(user, items, blocks)
+
+
+def _carry_gradient(pool: Tensor, columns: Tensor, scores: Tensor, first: Tensor) -> Tensor:
+    r"""``pool`` (no gradient) with the gradient of ``scores`` at ``columns``: it adds
+    ``scores - scores`` there (exact zeros), once per column (``first``)."""
+    zero = torch.where(first, scores - scores.detach(), scores.new_zeros(()))
+    return pool.scatter_add(1, columns, zero)
 
 
 class BranchedRecommender(Recommender):

@@ -16,8 +16,10 @@ from brmrs_pyg.nn.backbones import BACKBONES
 from brmrs_pyg.nn.features import prepare_features
 from brmrs_pyg.nn.fusion import FUSIONS
 from brmrs_pyg.recommenders.base import MODELS, Batch
-from brmrs_pyg.recommenders.branched import (FUSED, BranchedRecommender, Branches, CrossModalParams,
-                                             branch_modalities, branch_scores)
+from brmrs_pyg.recommenders.branched import (FUSED, BranchedRecommender, Branches,
+                                             BranchesWithParts, CrossModalParams,
+                                             branch_modalities, branch_parts,
+                                             side_by_side_scores)
 from brmrs_pyg.recommenders.channels import ChannelGraphs, ModalityChannels
 
 
@@ -149,25 +151,44 @@ class BRMRS(BranchedRecommender):
         self.user_fusion.reset_parameters()
         self.item_fusion.reset_parameters()
 
-    def branches(self) -> dict[str, tuple[Tensor, Tensor]]:
-        r"""User and item embeddings of every branch: each modality, then ``"fused"``."""
+    def channel_tables(self) -> tuple[Tensor, Tensor]:
+        r"""User and item tables of every modality channel, side by side
+        (:meth:`ModalityChannels.side_by_side`), :math:`(|\mathcal{U}|, Md)` and
+        :math:`(|\mathcal{I}|, Md)`."""
         user0, id0 = self.user_emb.weight, self.without_cold_ids(self.item_emb.weight)
-        out: dict[str, tuple[Tensor, Tensor]] = {}
-        for m in self.modalities:
-            projection: torch.nn.Module = self.proj[m]
-            out[m] = self.channels(m, user0, id0 + projection(getattr(self, f"feat_{m}")))
-        out[FUSED] = (self.user_fusion([out[m][0] for m in self.modalities]),
-                      self.item_fusion([out[m][1] for m in self.modalities]))
-        return out
+        items0 = [id0 + self.proj[m](getattr(self, f"feat_{m}")) for m in self.modalities]
+        return self.channels.side_by_side(user0, items0)
+
+    def branches(self) -> BranchesWithParts:
+        r"""User and item embeddings of every branch: each modality, then ``"fused"``; the
+        modalities' are column blocks of the :meth:`channel_tables`, kept as the parts
+        ``"users"`` and ``"items"``."""
+        users, items = self.channel_tables()
+        d = self.user_emb.embedding_dim
+        out = {m: (users[:, k * d:(k + 1) * d], items[:, k * d:(k + 1) * d])
+               for k, m in enumerate(self.modalities)}
+        out[FUSED] = (self.user_fusion.fuse_columns(users),
+                      self.item_fusion.fuse_columns(items))
+        return BranchesWithParts(out, {"users": users, "items": items})
+
+    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        # the fused branch of the batch's rows only: no fused tables
+        return self._objective(batch, *self.channel_tables())
 
     def branch_loss(self, batch: Batch, branches: Branches) -> tuple[Tensor, dict[str, Tensor]]:
-        # CHNS needs every modality's scores over the whole pool; the other terms only use
-        # its first column (the uniform negative)
-        fused_columns = self.num_negatives if self.weights.hard_negatives == "fused" else 1
-        pos, pool = branch_scores(branches, batch, self.num_negatives, fused_columns)
+        parts = branch_parts(branches)
+        return self._objective(batch, parts["users"], parts["items"])
+
+    def _objective(self, batch: Batch, users: Tensor, items: Tensor
+                   ) -> tuple[Tensor, dict[str, Tensor]]:
+        pos, pool = side_by_side_scores(users, items, (self.user_fusion, self.item_fusion),
+                                        self.modalities, batch, self.num_negatives,
+                                        self.weights.hard_k,
+                                        self.weights.hard_negatives == "fused")
         total, terms = cross_modal_objective(pos, pool, self.weights, FUSED)
-        reg = l2_reg(self.user_emb(batch.users), self.item_emb(batch.pos),
-                     self.item_emb(batch.neg[:, 0]))
+        # the positive and the uniform negative in one lookup
+        pos_neg = self.item_emb(torch.stack([batch.pos, batch.neg[:, 0]], 1))
+        reg = l2_reg(self.user_emb(batch.users), pos_neg[:, 0], pos_neg[:, 1])
         terms["reg"] = reg.detach()
         return total + self.reg_weight * reg, terms
 

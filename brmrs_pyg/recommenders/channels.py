@@ -13,6 +13,7 @@ from torch_geometric.data import HeteroData
 from brmrs_pyg.config import ConfigError
 from brmrs_pyg.graphs import UU, bipartite_edges, knn_edge_type
 from brmrs_pyg.nn.backbones import Backbone
+from brmrs_pyg.nn.sparse import bipartite_blocks, spmm
 
 
 @dataclass
@@ -77,6 +78,12 @@ class ModalityChannels(torch.nn.Module):
           **output**: the same two shapes.
     """
 
+    #: The blocks of the user-item graph (:func:`~brmrs_pyg.nn.sparse.bipartite_blocks`) and
+    #: the backbone's layer weights, when the channels propagate over it block by block.
+    ui_users: Tensor
+    ui_items: Tensor
+    ui_alpha: tuple[float, ...]
+
     def __init__(self, modalities: list[str], num_users: int, num_items: int,
                  graphs: ChannelGraphs, backbone: type[Backbone], channels: int,
                  layers: tuple[int, int]) -> None:
@@ -87,7 +94,16 @@ class ModalityChannels(torch.nn.Module):
         ui: dict[str, Backbone] = {}
         if graphs.ui is not None and ui_layers > 0:
             ui = {m: backbone(channels, ui_layers) for m in modalities}
-            self._store("ui", ui[modalities[0]].graph_input(*graphs.ui, num_users + num_items))
+            structure = ui[modalities[0]].graph_input(*graphs.ui, num_users + num_items)
+            self._store("ui", structure)
+            adj = structure[0]
+            blocks = (bipartite_blocks(adj, num_users)
+                      if backbone.linear_propagation and adj.layout == torch.sparse_csr else None)
+            if blocks is not None:
+                self.register_buffer("ui_users", blocks[0], persistent=False)
+                self.register_buffer("ui_items", blocks[1], persistent=False)
+                # read on the host once: reading the buffer each step would synchronise a GPU
+                self.ui_alpha = tuple(ui[modalities[0]].alpha.tolist())
         ii: dict[str, Backbone] = {}
         for m in modalities:
             edges = graphs.ii.get(m)
@@ -138,8 +154,72 @@ class ModalityChannels(torch.nn.Module):
             users = users + self._run(self.uu[modality], "uu", user0)
         return users, items
 
+    def side_by_side(self, user0: Tensor, items0: list[Tensor]) -> tuple[Tensor, Tensor]:
+        r"""Every channel, with the shared user input ``user0`` and channel :math:`m`'s item
+        input ``items0[m]``: the outputs of :meth:`forward` side by side, channel :math:`m`
+        in columns :math:`[md, (m+1)d)`.
+
+        With a :attr:`~brmrs_pyg.nn.backbones.Backbone.linear_propagation` backbone the
+        channels propagate together (same sums, fewer and larger kernels): over the
+        user-item graph block by block (:meth:`_bipartite`), over the others :math:`Md`
+        columns wide; otherwise each channel runs :meth:`forward` on its own.
+
+        Shapes:
+            - **user0**: :math:`(|\mathcal{U}|, d)`; **items0**: :math:`M` tensors
+              :math:`(|\mathcal{I}|, d)`; **output**: :math:`(|\mathcal{U}|, Md)` and
+              :math:`(|\mathcal{I}|, Md)`.
+        """
+        backbones = [*self.ui.values(), *self.ii.values(), *self.uu.values()]
+        if (not all(b.linear_propagation for b in backbones)  # type: ignore[union-attr]
+                or (self.ui and "ui_users" not in self._buffers)):
+            outs = [self(m, user0, x) for m, x in zip(self.modalities, items0)]
+            return torch.cat([u for u, _ in outs], 1), torch.cat([i for _, i in outs], 1)
+        num = len(self.modalities)
+        if self.ui:
+            users, items = self._bipartite(user0, torch.cat(items0, 1), num)
+        else:
+            users, items = user0.repeat(1, num), torch.cat(items0, 1)
+        if self.ii:
+            items = items + torch.cat([self._run(self.ii[m], f"ii_{m}", x) if m in self.ii
+                                       else torch.zeros_like(x)
+                                       for m, x in zip(self.modalities, items0)], 1)
+        if self.uu:  # every channel propagates the same user input over the same graph
+            users = _widen(users, self._run(self.uu[self.modalities[0]], "uu", user0), num)
+        return users, items
+
+    def _bipartite(self, user0: Tensor, items0: Tensor, num: int) -> tuple[Tensor, Tensor]:
+        r"""The user-item propagation :math:`\sum_l \alpha_l \hat{A}^l` of every channel,
+        block by block: layer :math:`l` maps the items' rows to the users' and back, and
+        the side that started from the shared user input (every other layer) is the same
+        for all channels, so it is propagated once, :math:`d` wide, not :math:`M` times."""
+        alpha = self.ui_alpha
+        to_users, to_items = self.ui_users, self.ui_items
+        out_u, out_i = alpha[0] * user0, alpha[0] * items0
+        x_u, x_i = user0, items0
+        for layer in range(1, len(alpha)):
+            if layer + 1 < len(alpha):  # the next layer needs the unweighted outputs
+                x_u, x_i = spmm(to_users, x_i), spmm(to_items, x_u)
+                x_u_weighted, x_i_weighted = alpha[layer] * x_u, alpha[layer] * x_i
+            else:
+                x_u_weighted = spmm(to_users, x_i, alpha[layer])
+                x_i_weighted = spmm(to_items, x_u, alpha[layer])
+            out_u = _widen(out_u, x_u_weighted, num)
+            out_i = _widen(out_i, x_i_weighted, num)
+        return out_u, out_i
+
     def __repr__(self) -> str:
         first = next(iter(self.ui.values()), None)
         graphs = (["ui"] if self.ui else []) + (["uu"] if self.uu else [])
         graphs += [f"ii_{m}" for m in self.ii]
         return f"ModalityChannels({self.modalities}, graphs={graphs}, backbone={first})"
+
+
+def _widen(a: Tensor, b: Tensor, num: int) -> Tensor:
+    r"""``a + b`` where each is either :math:`M` blocks side by side, :math:`(N, Md)`, or one
+    block shared by all :math:`M`, :math:`(N, d)`; wide unless both are shared. The shared
+    one is repeated first: a broadcast add over the blocks is several times slower on CPU."""
+    if a.size(1) < b.size(1):
+        a = a.repeat(1, num)
+    elif b.size(1) < a.size(1):
+        b = b.repeat(1, num)
+    return a + b
