@@ -64,17 +64,19 @@ def exponents(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     r"""The Markdown table of a scale run: a row per (model, scale), then the exponents."""
-    head = ["model", "scale", "users", "items", "train", *CURVES.values(), "eval / floor"]
+    head = ["model", "scale", "users", "items", "train", *CURVES.values(),
+            "epoch / floor (wall, CPU)", "eval / floor (wall, CPU)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["model"], f"{r['scale']:g}", str(r["users"]), str(r["items"]),
                  str(r["train_interactions"])]
         cells += [_fmt(r.get(key)) for key in CURVES]
-        cells.append(_fmt(r.get("eval_floor_ratio")))
+        for key in ("floor", "eval_floor"):
+            cells.append(f"{_fmt(r.get(key + '_ratio'))}, {_fmt(r.get(key + '_cpu_ratio'))}")
         lines.append("| " + " | ".join(cells) + " |")
     for model, fitted in exponents(rows).items():
         cells = [f"{model}: exponent", "", "", "", ""]
-        cells += [f"{fitted[key]:.2f}" for key in CURVES] + [""]
+        cells += [f"{fitted[key]:.2f}" for key in CURVES] + ["", ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
