@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import functools
 import json
 import os
@@ -118,6 +119,30 @@ def process_running(pid: int) -> bool:
     except (OSError, OverflowError):
         return True
     return True
+
+
+class FileLock:
+    r"""An exclusive lock on ``path`` among this machine's processes (``flock``), held from
+    creation until :meth:`release` (idempotent) or the end of a ``with`` block. The file is
+    created if missing and left in place: removing it would let two processes lock two
+    different files of the same name."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle: IO[str] | None = path.open("a")
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
+
+    def __enter__(self) -> "FileLock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from brmrs_pyg.data import DataError
 from brmrs_pyg.data.synthetic import (TYPES, SyntheticSpec, ensure_generated, generate,
                                       overrides_tag, parse_generator_overrides,
                                       read_ground_truth)
+from brmrs_pyg.io import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"num_users": 50, "num_items": 40, "latent_dim": 4, "text_dim": 8, "image_dim": 6,
@@ -187,6 +189,35 @@ def test_no_conflicts_by_default(tmp_path):
     assert len(generate(tiny()).conflicts.items) == 0
     ensure_generated(tiny(), tmp_path, "syn.inter", FILES)
     assert (tmp_path / "conflicts.tsv").read_text() == "itemID\tmodality\tsource_itemID\n"
+
+
+def test_a_folder_another_worker_is_generating_is_waited_for_not_refused(tmp_path):
+    # the workers of a suite or search reach the generator together: while one writes, the
+    # folder holds its partial output and its lock; the others must wait, not take it for
+    # user data (as they did before the lock: a DataError in CI)
+    folder = tmp_path / "syn"
+    writer = FileLock(folder / ".generator.lock")
+    (folder / "syn.inter").write_text("half-written")
+    errors: list[BaseException] = []
+
+    def other_worker() -> None:
+        try:
+            ensure_generated(tiny(), folder, "syn.inter", FILES)
+        except BaseException as error:  # handed to the test thread
+            errors.append(error)
+
+    thread = threading.Thread(target=other_worker)
+    thread.start()
+    thread.join(1.0)
+    assert thread.is_alive() and not errors  # waiting on the writer's lock
+    writer.release()  # the writer died half-way: its output is redone, not trusted
+    thread.join(60)
+    assert not errors
+    assert json.loads((folder / "generator.json").read_text())["num_users"] == TINY["num_users"]
+    assert (folder / "syn.inter").read_text() != "half-written"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [".generator.lock", "generator.json", "syn.inter", *FILES.values(),
+         "ground_truth.tsv", "conflicts.tsv"])
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -77,7 +77,7 @@ from brmrs_pyg.config import ConfigError, coerce
 from brmrs_pyg.data.errors import DataError
 from brmrs_pyg.data.split import split_per_user
 from brmrs_pyg.data.tables import read_table
-from brmrs_pyg.io import atomic_save_npy, atomic_write_json, atomic_write_text
+from brmrs_pyg.io import FileLock, atomic_save_npy, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 GENERATOR_VERSION = 2
@@ -100,6 +100,8 @@ def truth_types(modalities: Sequence[str]) -> tuple[str, ...]:
 TYPES = truth_types(("text", "image"))
 GROUND_TRUTH_FILE = "ground_truth.tsv"
 CONFLICTS_FILE = "conflicts.tsv"
+GENERATOR_STAMP = "generator.json"  # the settings the files were drawn with
+GENERATOR_LOCK = ".generator.lock"  # held while generating; marks the folder as ours
 _GT_HEADER = ["userID", "itemID", "x_label", "type"]
 
 
@@ -454,34 +456,59 @@ def ensure_generated(spec: SyntheticSpec, folder: Path, inter_name: str,
     Writes the MMRec files, ``ground_truth.tsv`` and ``conflicts.tsv``. A ``generator.json``
     beside the files records the settings they were drawn with; any change of settings (or of
     the generator version) regenerates them. A folder that exists, is not empty and has no
-    ``generator.json`` is someone else's: a :class:`DataError`, nothing written.
+    ``generator.json`` (nor the ``.generator.lock`` held while generating) is someone
+    else's: a :class:`DataError`, nothing written. Processes calling this at once on one
+    folder (the workers of a suite or search) generate it once: the others wait on the lock
+    and read its output.
     """
     folder = Path(folder)
     stamp = {"version": GENERATOR_VERSION, **dataclasses.asdict(spec)}
-    stamp_path = folder / "generator.json"
     files = [inter_name, *feature_files.values(), GROUND_TRUTH_FILE, CONFLICTS_FILE]
-    if stamp_path.is_file() and all((folder / f).is_file() for f in files):
-        try:
-            if json.loads(stamp_path.read_text()) == stamp:
-                return
-        except json.JSONDecodeError:
-            pass
-    if folder.exists() and not stamp_path.is_file() and any(folder.iterdir()):
-        # not this generator's folder: its files are someone's data, never overwritten
-        held = sorted(p.name for p in folder.iterdir())
-        raise DataError(
-            f"{folder} holds files the synthetic generator did not write ("
-            f"{', '.join(held[:5])}{' ...' if len(held) > 5 else ''}) and no generator.json; "
-            "it generates only into an empty folder or one holding its own earlier output. "
-            "To train on the files there, name the dataset after them: --dataset NAME "
-            "--data-dir DIR (an MMRec folder without a card is read as it is)")
+    if _generated(folder, stamp, files):
+        return
     unknown = set(feature_files) - {"text", "image"}
     if unknown:
         raise DataError(f"the synthetic generator makes modalities 'text' and 'image', not "
                         f"{sorted(unknown)}")
+    _refuse_foreign(folder)
+    # several workers of a suite or search may reach here at once: one generates, the
+    # others wait and then find its output
+    with FileLock(folder / GENERATOR_LOCK):
+        if _generated(folder, stamp, files):
+            return
+        _generate_into(spec, folder, inter_name, feature_files, stamp)
+
+
+def _generated(folder: Path, stamp: dict[str, Any], files: list[str]) -> bool:
+    stamp_path = folder / GENERATOR_STAMP
+    if not (stamp_path.is_file() and all((folder / f).is_file() for f in files)):
+        return False
+    try:
+        return bool(json.loads(stamp_path.read_text()) == stamp)
+    except json.JSONDecodeError:
+        return False
+
+
+def _refuse_foreign(folder: Path) -> None:
+    # a folder with neither the stamp nor the lock of this generator is someone's data,
+    # never written into
+    if not folder.exists() or (folder / GENERATOR_STAMP).is_file() \
+            or (folder / GENERATOR_LOCK).is_file() or not any(folder.iterdir()):
+        return
+    held = sorted(p.name for p in folder.iterdir())
+    raise DataError(
+        f"{folder} holds files the synthetic generator did not write ("
+        f"{', '.join(held[:5])}{' ...' if len(held) > 5 else ''}) and no {GENERATOR_STAMP}; "
+        "it generates only into an empty folder or one holding its own earlier output. "
+        "To train on the files there, name the dataset after them: --dataset NAME "
+        "--data-dir DIR (an MMRec folder without a card is read as it is)")
+
+
+def _generate_into(spec: SyntheticSpec, folder: Path, inter_name: str,
+                   feature_files: dict[str, str], stamp: dict[str, Any]) -> None:
     log.info("generating synthetic dataset (%d users, %d items, %s regime) into %s",
              spec.num_users, spec.num_items, spec.regime, folder)
     data = generate(spec)
     write_mmrec(data, folder, inter_name, feature_files)
     write_truth(data, folder)
-    atomic_write_json(stamp_path, stamp)
+    atomic_write_json(folder / GENERATOR_STAMP, stamp)

@@ -25,7 +25,6 @@ so the others finish the count. The best point runs once, after all workers end.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
@@ -34,12 +33,12 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, TextIO
+from typing import TYPE_CHECKING, Any, Mapping
 
 from brmrs_pyg import pipeline
 from brmrs_pyg.checkpoint import RESUMABLE_KEYS
 from brmrs_pyg.config import Config
-from brmrs_pyg.io import process_running
+from brmrs_pyg.io import FileLock, process_running
 from brmrs_pyg.train import TrainingError
 
 from .grid import Grid, Range, grid_points, valid_score
@@ -351,7 +350,7 @@ def optimize(settings: SearchSettings, study: "optuna.Study") -> None:
     import optuna
     spent: list[float] = []
     while True:
-        turn = Turn(settings.out / "study.lock")
+        turn = FileLock(settings.out / "study.lock")
         recover_stale(study)
         done, running = counts(study)
         if done + running >= settings.trials:
@@ -374,22 +373,6 @@ def optimize(settings: SearchSettings, study: "optuna.Study") -> None:
     if running and settings.workers == 1:  # a worker's siblings are no one else's
         log.info("%d trial(s) still running elsewhere: the best point is chosen among the "
                  "finished ones; run the command again later to include them", running)
-
-
-class Turn:
-    r"""An exclusive lock on ``path`` among this machine's processes, held from creation
-    until :meth:`release` (idempotent)."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle: TextIO | None = path.open("a")
-        fcntl.flock(self.handle, fcntl.LOCK_EX)
-
-    def release(self) -> None:
-        if self.handle is not None:
-            fcntl.flock(self.handle, fcntl.LOCK_UN)
-            self.handle.close()
-            self.handle = None
 
 
 def progress_line(study: "optuna.Study", number: int, spent: list[float], wanted: int,
