@@ -27,14 +27,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from brmrs_pyg.interrupt import TrainingInterrupted, signal_name
+
 
 log = logging.getLogger(__name__)
 
 #: Seconds between two looks at the running workers.
 POLL = 0.2
+
+#: The environment variable through which a worker's parent gives its process id (see
+#: :func:`.worker.stop_with_parent`).
+PARENT = "BRMRS_WORKER_PARENT"
 
 
 @dataclass(frozen=True)
@@ -99,16 +104,42 @@ class Outcome:
     value: Any
     exitcode: int
     seconds: float
+    #: Why the job ended when its process's exit code does not say (a lost Ray node).
+    reason: str = ""
 
     @property
     def ok(self) -> bool:
-        return self.exitcode == 0
+        return self.exitcode == 0 and not self.reason
 
     def why(self) -> str:
         r"""The exit code in words: ``killed by SIGKILL``, ``exit code 1``."""
+        if self.reason:
+            return self.reason
         if self.exitcode < 0:
             return f"killed by {signal.Signals(-self.exitcode).name}"
         return f"exit code {self.exitcode}"
+
+
+class Executor(Protocol):
+    r"""Where the runs of a suite or a search go: :class:`LocalExecutor` or
+    :class:`~.ray_executor.RayExecutor`."""
+
+    @property
+    def workers(self) -> int:
+        r"""Runs at once."""
+
+    @property
+    def machines(self) -> int:
+        r"""How many machines the runs may go to."""
+
+    @property
+    def inline(self) -> bool:
+        r"""Whether runs go in this process, one after another, instead of :meth:`map`."""
+
+    def map(self, fn: Callable[..., Any], jobs: Sequence[Callable[[Slot], tuple[Any, ...]]]
+            ) -> Iterator[Outcome]:
+        r"""Runs ``fn(*job(slot))`` for every job, yielding each :class:`Outcome` as it
+        ends."""
 
 
 @dataclass
@@ -139,13 +170,20 @@ class LocalExecutor:
     def workers(self) -> int:
         return len(self.slots)
 
+    machines = 1
+
+    @property
+    def inline(self) -> bool:
+        r"""Whether runs go in this process, one after another (a single slot)."""
+        return self.workers == 1
+
     def map(self, fn: Callable[..., Any], jobs: Sequence[Callable[[Slot], tuple[Any, ...]]]
             ) -> Iterator[Outcome]:
         r"""Runs ``fn(*job(slot))`` for every job, yielding each :class:`Outcome` as its
         worker ends (``index`` is the job's position). ``fn`` must be importable by name
         (a module-level function). On Ctrl-C or SIGTERM each worker gets one SIGINT, the
         executor waits for them to stop and the interruption propagates."""
-        with tempfile.TemporaryDirectory(prefix="brmrs-workers-") as tmp, _sigterm_raises():
+        with tempfile.TemporaryDirectory(prefix="brmrs-workers-") as tmp, sigterm_raises():
             pending = list(enumerate(jobs))
             free = list(self.slots)
             running: list[_Running] = []
@@ -166,12 +204,26 @@ class LocalExecutor:
 
     def _start(self, tmp: Path, index: int, slot: Slot, fn: Callable[..., Any],
                job: Callable[[Slot], tuple[Any, ...]]) -> _Running:
-        payload, result = tmp / f"{index}.job", tmp / f"{index}.out"
-        payload.write_bytes(pickle.dumps((fn, job(slot), self.verbose)))
-        proc = subprocess.Popen([sys.executable, "-m", "brmrs_pyg.experiments.worker",
-                                 str(payload), str(result)], env=slot.environ(),
-                                start_new_session=True)
+        proc, result = start_worker(tmp / str(index), payload(fn, job(slot), self.verbose),
+                                    slot.environ())
         return _Running(index, slot, proc, result, time.perf_counter())
+
+
+def payload(fn: Callable[..., Any], args: tuple[Any, ...], verbose: bool) -> bytes:
+    r"""A job as the worker process reads it: the pickled ``(fn, args, verbose)``."""
+    return pickle.dumps((fn, args, verbose))
+
+
+def start_worker(stem: Path, job: bytes, env: dict[str, str]
+                 ) -> tuple[subprocess.Popen[bytes], Path]:
+    r"""Starts one worker process on the :func:`payload` ``job`` (written to ``stem.job``)
+    in its own process group; returns it and the path its return value will have."""
+    path, result = stem.with_suffix(".job"), stem.with_suffix(".out")
+    path.write_bytes(job)
+    proc = subprocess.Popen([sys.executable, "-m", "brmrs_pyg.experiments.worker", str(path),
+                             str(result)], env={**env, PARENT: str(os.getpid())},
+                            start_new_session=True)
+    return proc, result
 
 
 def _outcome(done: _Running) -> Outcome:
@@ -197,7 +249,7 @@ def _stop(running: list[_Running], signum: int) -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
+def sigterm_raises() -> Iterator[None]:
     r"""While workers run, SIGTERM stops the parent as Ctrl-C does (its workers then get
     SIGTERM) instead of killing it and leaving them orphaned; main thread only."""
     if threading.current_thread() is not threading.main_thread() or \

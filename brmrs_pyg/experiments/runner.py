@@ -27,7 +27,7 @@ from brmrs_pyg.checkpoint import RESUMABLE_KEYS
 from brmrs_pyg.config import Config, ConfigError
 from brmrs_pyg.train import TrainingError
 
-from .executor import LocalExecutor, Outcome, Slot, seconds_per_run
+from .executor import Executor, Outcome, Slot, seconds_per_run
 from .stats import mean_std
 
 log = logging.getLogger(__name__)
@@ -111,11 +111,12 @@ class Runner:
 
     Args:
         settings (RunnerSettings): What every run shares.
-        executor (LocalExecutor, optional): Workers for the runs to train; :obj:`None` or
-            one worker: one after another in this process. (default: :obj:`None`)
+        executor (Executor, optional): Where the runs to train go (local workers, Ray);
+            :obj:`None` or one local worker: one after another in this process.
+            (default: :obj:`None`)
     """
 
-    def __init__(self, settings: RunnerSettings, executor: LocalExecutor | None = None
+    def __init__(self, settings: RunnerSettings, executor: Executor | None = None
                  ) -> None:
         bad = sorted(set(settings.overrides) & set(SUITE_KEYS))
         if bad:
@@ -182,7 +183,7 @@ class Runner:
         (``[stage i/N] name seed: outcome | ETA``); returns the records per variant, in
         seed order."""
         todo = [(v, s) for v in dict.fromkeys(variants) for s in seeds]
-        if self.executor is not None and self.executor.workers > 1:
+        if self.executor is not None and not self.executor.inline:
             return self._run_on_workers(todo, stage, self.executor)
         # a configuration reached by two variants (a sweep's default point) trains once
         left = len({f for f in (self.folder(v, s) for v, s in todo)
@@ -201,7 +202,7 @@ class Runner:
         return out
 
     def _run_on_workers(self, todo: list[tuple[Variant, int]], stage: str,
-                        executor: LocalExecutor) -> dict[Variant, list[RunRecord]]:
+                        executor: Executor) -> dict[Variant, list[RunRecord]]:
         r""":meth:`run` with the runs to train on the executor's workers: finished runs are
         read back here; each folder trains once, its record shared by the variants that
         reach it; a worker that dies is reported and its run left to resume."""
