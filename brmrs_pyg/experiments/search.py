@@ -419,7 +419,7 @@ def search(settings: SearchSettings) -> dict[str, Any]:
              study.study_name, settings.trials, settings.model, ident["config"]["dataset"],
              settings.sampler, settings.pruner_name, _redacted(settings.storage_url), settings.out)
     executor = settings.runner.executor
-    if executor is not None and executor.workers > 1:
+    if executor is not None and not executor.inline:
         optimize_on_workers(settings, study)
     else:
         optimize(settings, study)
@@ -440,6 +440,11 @@ def optimize_on_workers(settings: SearchSettings, study: "optuna.Study") -> None
         return dataclasses.replace(settings, runner=runner, worker=slot.index,
                                    workers=executor.workers),
 
+    if executor.machines > 1 and settings.storage_url.startswith("sqlite"):
+        log.warning("the study is an SQLite file and the workers run on %d machines: SQLite "
+                    "and the lock beside it are safe only on one machine's disk; for a "
+                    "cluster give --storage postgresql://... (see README, Scaling out)",
+                    executor.machines)
     log.info("%d workers on the study", executor.workers)
     for outcome in executor.map(search_worker, [job] * executor.workers):
         if not outcome.ok:
