@@ -39,6 +39,9 @@ class RayError(SuiteError):
 
 def import_ray() -> Any:
     r"""The ``ray`` module, or a :class:`RayError` saying how to install it."""
+    # Ray folds log lines that look alike from different workers into one "repeated Nx"
+    # line, which would hide the per-trial progress lines of a search's workers
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
         import ray
     except ImportError:
