@@ -72,9 +72,10 @@ def test_a_killed_worker_is_an_outcome_and_the_others_go_on(importable):
 
 # --- suites ------------------------------------------------------------------------------------
 
-def run_suite(project, out, workers):
+def run_suite(project, out, *executor):
+    r"""The tiny ablation suite into ``out``, with the ``--executor``/``--workers`` args."""
     return main(["suite", "ablation", "--dataset", "tiny", "--out", str(out), "--seeds", "3",
-                 "--epochs", "2", "--workers", str(workers), "threads=1", "batch_size=128",
+                 "--epochs", "2", *executor, *(f"{k}={v}" for k, v in FAST.items()),
                  f"cache_dir={project / 'cache'}"], root=project)
 
 
@@ -87,8 +88,8 @@ def metrics_of(out):
 
 @pytest.mark.needs_extra("plots")
 def test_a_suite_on_two_workers_gives_the_metrics_of_one(project, tmp_path):
-    assert run_suite(project, tmp_path / "one", 1) == 0
-    assert run_suite(project, tmp_path / "two", 2) == 0
+    assert run_suite(project, tmp_path / "one", "--workers", "1") == 0
+    assert run_suite(project, tmp_path / "two", "--workers", "2") == 0
     assert metrics_of(tmp_path / "one") == metrics_of(tmp_path / "two")
     tables = [list(csv.DictReader((tmp_path / d / "table.csv").open())) for d in ("one", "two")]
     assert tables[0] == tables[1] and len(tables[0]) == 4

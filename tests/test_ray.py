@@ -17,7 +17,7 @@ import pytest
 from brmrs_pyg.cli import main
 from brmrs_pyg.experiments.ray_executor import RayError, capacity
 
-from test_executor import FAST, metrics_of
+from test_executor import FAST, metrics_of, run_suite
 
 HERE = str(Path(__file__).resolve().parent)
 
@@ -118,12 +118,6 @@ def test_an_executor_asking_more_than_the_cluster_has_is_refused(ray_instance):
     with pytest.raises(RayError, match=r"\(2 CPUs, 0 GPUs\) cannot hold one run"):
         RayExecutor(cpus_per_run=3)
     assert RayExecutor(workers=1).workers == 1
-
-
-def run_suite(project, out, *executor):
-    return main(["suite", "ablation", "--dataset", "tiny", "--out", str(out), "--seeds", "3",
-                 "--epochs", "2", *executor, *(f"{k}={v}" for k, v in FAST.items()),
-                 f"cache_dir={project / 'cache'}"], root=project)
 
 
 @pytest.mark.needs_extra("ray", "plots")

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .executor import PARENT
+
 
 def main(argv: Sequence[str]) -> int:
     r"""Runs the job of ``argv = [JOB, RESULT]``; returns the exit code."""
@@ -50,7 +52,6 @@ def main(argv: Sequence[str]) -> int:
 def stop_with_parent() -> None:
     r"""Asks Linux for SIGTERM when the parent process ends (``PR_SET_PDEATHSIG``); if it
     ended already (before this call), SIGTERM now. Elsewhere nothing."""
-    from .executor import PARENT
     parent = os.environ.get(PARENT)
     if not sys.platform.startswith("linux") or parent is None:
         return
