@@ -6,6 +6,7 @@ from brmrs_pyg.graphs import GraphSpec, bipartite_adj_t, build_graph, knn_edge_t
 from brmrs_pyg.interactions import PairIndex
 from brmrs_pyg.losses import CrossModalWeights, cross_modal_objective, l2_reg
 from brmrs_pyg.nn.features import prepare_features
+from brmrs_pyg.nn.fusion import FUSIONS
 from brmrs_pyg.recommenders import MODELS, Batch
 from brmrs_pyg.recommenders.brmrs import BRMRS
 from brmrs_pyg.sampling import sample_negatives
@@ -102,7 +103,7 @@ def test_three_modalities_train_and_score():
 
 
 @pytest.mark.parametrize("backbone", ["lightgcn", "gcn", "sage", "gat"])
-@pytest.mark.parametrize("fusion", ["mean", "concat", "gate"])
+@pytest.mark.parametrize("fusion", FUSIONS.names())
 def test_backbones_and_fusions_train_a_step(backbone, fusion):
     data = tiny_data()
     model = build(data, backbone=backbone, fusion=fusion, pool_size=3)

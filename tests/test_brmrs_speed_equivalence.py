@@ -113,6 +113,8 @@ def build_twice(data, spec=None, **overrides):
     {"lambda_s": 0.0, "lambda_bpr": 0.5},
     {"fusion": "concat", "num_layers": 2, "ii_layers": 2},
     {"fusion": "gate", "ii_graphs": "m0"},
+    {"fusion": "mlp"},
+    {"fusion": "bilinear", "hard_negatives": "fused"},
     {"ui_graph": False},
     {"backbone": "gcn"},
     {"backbone": "sage"},

@@ -31,7 +31,7 @@ class BRMRSParams(CrossModalParams):
     num_layers: int = option(1, "propagation layers over the user-item graph")
     ii_layers: int = option(1, "propagation layers over each item-item (and user-user) graph")
     backbone: str = option("lightgcn", "propagation backbone: lightgcn, gcn, sage, gat")
-    fusion: str = option("mean", "fusion phi of the modality channels: mean, concat, gate")
+    fusion: str = option("mean", "fusion phi of the modality channels: mean, concat, gate, mlp, bilinear")
     feature_dim: int = option(128, "principal components kept of each modality's features "
                                    "before the learned projection (0: all)")
     ui_graph: bool = option(True, "propagate over the user-item graph (false: ablation)")

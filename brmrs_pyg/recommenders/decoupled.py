@@ -29,7 +29,7 @@ class DecoupledParams:
                                "(0: user-item graph only)")
     feature_dim: int = option(128, "principal components kept of each modality's features "
                                    "before the shared and specific projections (0: all)")
-    fusion: str = option("mean", "fusion of the modality branches: mean, concat, gate")
+    fusion: str = option("mean", "fusion of the modality branches: mean, concat, gate, mlp, bilinear")
     lambda_nce: float = option(0.1, "weight of the InfoNCE alignment of the modalities' "
                                     "shared parts (0: off)")
     tau: float = option(0.2, "InfoNCE temperature")
