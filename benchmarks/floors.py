@@ -266,17 +266,54 @@ def _feat(model: Any, m: str) -> Tensor:
     return getattr(model, f"feat_{m}")
 
 
-def channel_ops(channels: Any, width: int) -> list[Op]:
+def bipartite_propagation(name: str, to_users: Tensor, to_items: Tensor, wide: int,
+                          narrow: int, layers: int) -> list[Op]:
+    r"""``layers`` propagations over a user-item graph stored as its two blocks
+    (:func:`~brmrs_pyg.nn.sparse.bipartite_blocks`, :math:`U \times I` and
+    :math:`I \times U`) of a table whose user side is ``narrow`` wide and whose item side is
+    ``wide``: per layer one product of each block, one ``wide`` and one ``narrow`` (which
+    block gets which alternates with the layer, at the same cost: the blocks are each other's
+    transpose), each forward and backward."""
+    if layers <= 0:
+        return []
+    blocks = [(b, b.t().to_sparse_csr()) for b in (_csr(to_users), _csr(to_items))]
+    tables = [(torch.randn(b.size(1), w, device=b.device), torch.randn(b.size(0), w,
+                                                                      device=b.device))
+              for (b, _), w in zip(blocks, (wide, narrow))]
+
+    def run() -> None:
+        for _ in range(layers):
+            for (block, block_t), (x, grad) in zip(blocks, tables):
+                torch.sparse.mm(block, x)
+                torch.sparse.mm(block_t, grad)
+    return [Op(f"{name}: {layers} x blocks {tuple(to_users.shape)} nnz {to_users._nnz()} "
+               f"x ({wide} + {narrow})", run)]
+
+
+def channel_ops(channels: Any, width: int, side_by_side: bool = False) -> list[Op]:
     r"""The propagations of a :class:`~brmrs_pyg.recommenders.channels.ModalityChannels`:
-    per modality its user-item, item-item and user-user graphs, with their layer counts."""
+    per modality its user-item, item-item and user-user graphs, with their layer counts.
+
+    With ``side_by_side`` (a model that calls
+    :meth:`~brmrs_pyg.recommenders.channels.ModalityChannels.side_by_side`) and linear
+    backbones, the channels share their user input: the user-user graph propagates it once,
+    and the user-item graph, block by block, propagates the users' side once (``width``
+    wide) and the items' side of all :math:`M` channels together (:math:`Md` wide)."""
+    backbones = [*channels.ui.values(), *channels.ii.values(), *channels.uu.values()]
+    together = (side_by_side and all(b.linear_propagation for b in backbones)
+                and (not channels.ui or "ui_users" in channels._buffers))
     ops = []
+    if together and channels.ui:
+        ops += bipartite_propagation("ui (all channels)", channels.ui_users, channels.ui_items,
+                                     len(channels.modalities) * width, width,
+                                     channels.ui[channels.modalities[0]].num_layers)
     for m in channels.modalities:
-        if m in channels.ui:
+        if m in channels.ui and not together:
             ops += propagation(f"ui[{m}]", channels.graph_ui, width, channels.ui[m].num_layers)
         if m in channels.ii:
             ops += propagation(f"ii[{m}]", getattr(channels, f"graph_ii_{m}"), width,
                                channels.ii[m].num_layers)
-        if m in channels.uu:
+        if m in channels.uu and not (together and m != channels.modalities[0]):
             ops += propagation(f"uu[{m}]", channels.graph_uu, width, channels.uu[m].num_layers)
     return ops
 
@@ -335,7 +372,7 @@ def _decoupled(model: Any, batch: int) -> list[Op]:
 def _brmrs(model: Any, batch: int) -> list[Op]:
     d, dev = model.user_emb.embedding_dim, _device(model)
     return [*(linear(f"proj[{m}]", model.proj[m], _feat(model, m)) for m in model.modalities),
-            *channel_ops(model.channels, d),
+            *channel_ops(model.channels, d, side_by_side=True),
             *(pair_scores(f"pool[{m}]", batch, 1 + model.num_negatives, d, dev)
               for m in model.modalities),
             pair_scores("fused", batch, 2, d, dev)]

@@ -120,8 +120,31 @@ def test_brmrs_floor_scores_each_modality_pool_and_the_fused_pair():
     assert [n for n in names if "scores" in n] == [
         "pool[m0]: scores 8 x 6 x 4", "pool[m1]: scores 8 x 6 x 4", "fused: scores 8 x 2 x 4"]
     assert sum(n.startswith("proj[") for n in names) == 2
+    # the channels propagate the user-item graph together: once, item side 2 x 4 wide
+    assert [n.split(":")[0] for n in names if "sparse" in n or "blocks" in n] == [
+        "ui (all channels)", "ii[m0]", "ii[m1]"]
+    assert [n for n in names if "blocks" in n][0].endswith("x (8 + 4)")
+
+
+def test_brmrs_floor_without_the_block_path_counts_each_channel():
+    model, _ = build_model(MODELS.get("brmrs"), backbone="gcn")
+    names = [op.name for op in floors.floor_ops("brmrs", model, batch_size=8)]
     assert {n.split(":")[0] for n in names if "sparse" in n} == {"ui[m0]", "ui[m1]", "ii[m0]",
                                                                 "ii[m1]"}
+
+
+def test_bipartite_propagation_multiplies_each_block_forward_and_backward(monkeypatch):
+    to_users = torch.tensor([[1.0, 0.0, 2.0], [0.0, 3.0, 0.0]]).to_sparse_csr()  # U=2, I=3
+    to_items = to_users.to_dense().T.contiguous().to_sparse_csr()
+    shapes = []
+    real = torch.sparse.mm
+    monkeypatch.setattr(torch.sparse, "mm",
+                        lambda a, b: shapes.append((tuple(a.shape), tuple(b.shape))) or real(a, b))
+    (op,) = floors.bipartite_propagation("g", to_users, to_items, wide=6, narrow=2, layers=2)
+    op.run()
+    # per layer: the U x I block on the items' 6-wide table and its transpose on a gradient,
+    # then the I x U block on the users' 2-wide table and its transpose
+    assert shapes == [((2, 3), (3, 6)), ((3, 2), (2, 6)), ((3, 2), (2, 2)), ((2, 3), (3, 2))] * 2
 
 
 def test_propagation_op_does_the_forward_and_backward_products(monkeypatch):
