@@ -20,7 +20,19 @@ pair falls in exactly one class of the partition
 ``all_fail``       :math:`\neg V \wedge \neg T \wedge \neg F`
 =================  ==========================================
 
-(:math:`T` the hits of :math:`m_1`, :math:`V` those of :math:`m_2`). Per branch, Recall@K
+(:math:`T` the hits of :math:`m_1`, :math:`V` those of :math:`m_2`). A ``<m>_unique`` class
+ignores :math:`F`; the report also splits each by whether the fused branch keeps the hit
+(``unique_split@K``, shares of all pairs, and ``unique_split_counts@K``), so the unique pairs
+that fusion loses are seen (``degraded`` only counts pairs both modalities hit):
+
+======================  ==========================================
+``<m1>_unique_kept``    :math:`T \wedge \neg V \wedge F`
+``<m1>_unique_lost``    :math:`T \wedge \neg V \wedge \neg F`
+``<m2>_unique_kept``    :math:`V \wedge \neg T \wedge F`
+``<m2>_unique_lost``    :math:`V \wedge \neg T \wedge \neg F`
+======================  ==========================================
+
+``<m>_unique_kept + <m>_unique_lost = <m>_unique``. Per branch, Recall@K
 from the same ranks averages :math:`|\{i^+ : r \le K\}| / |T_u|` over users, as the evaluator
 does (equal to it when no scores tie).
 
@@ -37,7 +49,7 @@ negative that :math:`m'` ranks highest is separated by branch :math:`b`.
 :mod:`brmrs_pyg.data.synthetic`, or written by hand with types ``<m>_unique`` for the
 dataset's modalities, ``synergy`` and ``redundant``), every pair's type is known, and the
 report adds, per type, the pair count, each branch's hit rate at :math:`K` (hits / pairs of
-the type) and the partition counts.
+the type) and the partition and unique-split counts.
 """
 from __future__ import annotations
 
@@ -140,6 +152,17 @@ def partition(hits: dict[str, Tensor], pair: tuple[str, str]) -> dict[str, Tenso
             f"{pair[1]}_unique": v & ~t, "synergy": ~t & ~v & f, "all_fail": ~t & ~v & ~f}
 
 
+def unique_split(hits: dict[str, Tensor], pair: tuple[str, str]) -> dict[str, Tensor]:
+    r"""Each ``<m>_unique`` class of :func:`partition` split by the fused branch's hit, as
+    boolean masks over the pairs: ``<m1>_unique_kept`` (:math:`T \wedge \neg V \wedge F`),
+    ``<m1>_unique_lost`` (:math:`T \wedge \neg V \wedge \neg F`), then the same for ``m2``."""
+    t, v, f = hits[pair[0]], hits[pair[1]], hits[FUSED]
+    out = {}
+    for m, only in ((pair[0], t & ~v), (pair[1], v & ~t)):
+        out[f"{m}_unique_kept"], out[f"{m}_unique_lost"] = only & f, only & ~f
+    return out
+
+
 def summary(values: Tensor) -> dict[str, float]:
     r"""Mean, standard deviation, :data:`QUANTILES` and the fraction above zero."""
     v = values.double()
@@ -205,9 +228,11 @@ def pair_types(truth: GroundTruth, users: Tensor, items: Tensor, label: int,
 
 
 def by_type(types: np.ndarray, hits: dict[int, dict[str, Tensor]],
-            classes: dict[int, dict[str, Tensor]], order: tuple[str, ...]) -> dict[str, Any]:
+            classes: dict[str, dict[int, dict[str, Tensor]]],
+            order: tuple[str, ...]) -> dict[str, Any]:
     r"""Per ground-truth type present in ``types``, in the ``order`` of the known types: pair
-    counts, each branch's hit rate at every K, and the partition counts at every K."""
+    counts, each branch's hit rate at every K, and, for each family of ``classes`` (e.g.
+    ``partition`` and ``unique_split``, each K -> class -> mask), its counts at every K."""
     present = set(types.tolist())
     names = [t for t in order if t in present]
     masks = {t: torch.from_numpy(types == t) for t in names}
@@ -215,8 +240,9 @@ def by_type(types: np.ndarray, hits: dict[int, dict[str, Tensor]],
     for k in hits:
         out[f"recall@{k}"] = {b: {t: float(h[m].double().mean()) for t, m in masks.items()}
                               for b, h in hits[k].items()}
-        out[f"partition@{k}"] = {t: {c: int((cm & m).sum()) for c, cm in classes[k].items()}
-                                 for t, m in masks.items()}
+        for family, at in classes.items():
+            out[f"{family}@{k}"] = {t: {c: int((cm & m).sum()) for c, cm in at[k].items()}
+                                    for t, m in masks.items()}
     return out
 
 
@@ -295,15 +321,17 @@ def _report(data: InteractionData, branches: dict[str, tuple[Tensor, Tensor]],
         raise AnalysisError(f"the {split} split has no pair to analyse")
     rank = {b: ranks(u, i, users, items, train) for b, (u, i) in branches.items()}
     hits = {k: {b: r <= k for b, r in rank.items()} for k in ks}
-    classes = {k: partition(hits[k], pair) if pair else {} for k in ks}
+    classes = {family: {k: masks(hits[k], pair) if pair else {} for k in ks}
+               for family, masks in (("partition", partition), ("unique_split", unique_split))}
     n = users.numel()
     report: dict[str, Any] = {"split": split, "ks": ks, "modalities": list(pair or ()),
                               "branches": list(branches), "num_pairs": n,
                               "num_users": int(users.unique().numel())}
     for k in ks:
         if pair:
-            report[f"partition@{k}"] = {c: int(m.sum()) / n for c, m in classes[k].items()}
-            report[f"partition_counts@{k}"] = {c: int(m.sum()) for c, m in classes[k].items()}
+            for family, at in classes.items():
+                report[f"{family}@{k}"] = {c: int(m.sum()) / n for c, m in at[k].items()}
+                report[f"{family}_counts@{k}"] = {c: int(m.sum()) for c, m in at[k].items()}
         report[f"recall@{k}"] = {b: recall_from_ranks(r, users, k) for b, r in rank.items()}
     report["median_rank"] = {b: float(r.double().median()) for b, r in rank.items()}
     margins: dict[str, dict[str, Tensor]] = {}

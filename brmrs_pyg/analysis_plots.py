@@ -53,6 +53,18 @@ def _class_label(name: str, pair: list[str]) -> str:
             "all_fail": "all fail: no branch hits"}.get(name, name)
 
 
+def _segments(report: dict[str, Any], name: str) -> list[tuple[str, list[float], bool]]:
+    r"""The stacked parts of partition class ``name``, as (legend label, share per K, lost):
+    the class whole, or for a ``<m>_unique`` class the part the fused branch keeps and,
+    drawn hatched, the part it loses (``unique_split@K``)."""
+    ks, label = report["ks"], _class_label(name, report["modalities"])
+    if f"{name}_lost" not in report[f"unique_split@{ks[0]}"]:
+        return [(label, [report[f"partition@{k}"][name] for k in ks], False)]
+    lost = f"{name.replace('_', ' ')}, lost: fused misses"
+    return [(text, [report[f"unique_split@{k}"][f"{name}_{key}"] for k in ks], key == "lost")
+            for key, text in (("kept", f"{label}; fused hits (kept)"), ("lost", lost))]
+
+
 def _partition(plt: Any, report: dict[str, Any], margins: Any) -> Any:
     ks = report["ks"]
     classes = list(report[f"partition@{ks[0]}"])
@@ -60,10 +72,12 @@ def _partition(plt: Any, report: dict[str, Any], margins: Any) -> Any:
     left = [0.0] * len(ks)
     labels = [f"K = {k}" for k in ks]
     for name, colour in zip(classes, _CLASS_COLOURS):
-        widths = [report[f"partition@{k}"][name] for k in ks]
-        ax.barh(labels, widths, left=left, color=colour,
-                label=_class_label(name, report["modalities"]))
-        left = [a + b for a, b in zip(left, widths)]
+        for label, widths, lost in _segments(report, name):
+            # a lost part: the class's colour as hatching on white, beside its solid kept part
+            style = ({"color": "white", "edgecolor": colour, "hatch": "///", "linewidth": 0}
+                     if lost else {"color": colour})
+            ax.barh(labels, widths, left=left, label=label, **style)
+            left = [a + b for a, b in zip(left, widths)]
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"fraction of the {report['num_pairs']} held-out pairs")
     ax.set_ylabel("rank cut-off")

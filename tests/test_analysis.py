@@ -14,10 +14,12 @@ import pytest
 import torch
 
 import brmrs_pyg.analysis as analysis
-from brmrs_pyg.analysis import (AnalysisError, choose_pair, heldout_pairs, pair_types,
-                                partition, pool_margins, ranks, recall_from_ranks)
+from brmrs_pyg.analysis import (AnalysisError, GroundTruthSource, choose_pair, heldout_pairs,
+                                pair_types, partition, pool_margins, ranks, recall_from_ranks,
+                                unique_split)
 from brmrs_pyg.cli import main
 from brmrs_pyg.data import DataError
+from brmrs_pyg.data.mmrec import InteractionData
 from brmrs_pyg.data.synthetic import GroundTruth, read_ground_truth
 from brmrs_pyg.evaluation import Evaluator
 from brmrs_pyg.interactions import PairIndex
@@ -97,6 +99,95 @@ def test_partition_is_complete_disjoint_and_matches_a_naive_loop():
         else:
             want = "synergy" if f else "all_fail"
         assert bool(classes[want][j]), (j, want)
+
+
+def test_unique_split_matches_a_naive_loop():
+    gen = torch.Generator().manual_seed(1)
+    hits = {b: torch.rand(300, generator=gen) < 0.5 for b in ("text", "image", "fused")}
+    split = unique_split(hits, ("text", "image"))
+    assert list(split) == ["text_unique_kept", "text_unique_lost", "image_unique_kept",
+                           "image_unique_lost"]
+    want = dict.fromkeys(split, 0)
+    for t, v, f in zip(*(hits[b].tolist() for b in ("text", "image", "fused"))):
+        for m, only in (("text", t and not v), ("image", v and not t)):
+            if only:
+                want[f"{m}_unique_{'kept' if f else 'lost'}"] += 1
+    assert {c: int(m.sum()) for c, m in split.items()} == want
+    assert min(want.values()) > 0
+    classes = partition(hits, ("text", "image"))
+    for m in ("text", "image"):  # the split parts each unique class, and nothing else
+        kept, lost = split[f"{m}_unique_kept"], split[f"{m}_unique_lost"]
+        assert not (kept & lost).any() and torch.equal(kept | lost, classes[f"{m}_unique"])
+
+
+#: Hits (text, image, fused) at K = 1 and ground-truth type of user j's one test pair, for
+#: :func:`test_unique_split_counts_by_hand`.
+HAND = [((1, 1, 1), "text_unique"), ((1, 1, 0), "text_unique"), ((1, 0, 1), "text_unique"),
+        ((1, 0, 0), "synergy"), ((1, 0, 0), "text_unique"), ((0, 1, 1), "image_unique"),
+        ((0, 1, 0), "image_unique"), ((0, 0, 1), "synergy"), ((0, 0, 0), "redundant"),
+        ((0, 1, 1), "image_unique"), ((1, 0, 0), "text_unique")]
+
+
+def test_unique_split_counts_by_hand(tmp_path):
+    # user j trains on item 2 and holds out item 0; with item embeddings the identity, a
+    # branch's user embedding e_0 ranks item 0 first (a hit at K = 1), e_1 ranks item 1 first
+    n = len(HAND)
+    data = InteractionData("hand", n, 3, torch.tensor([list(range(n)), [2] * n]),
+                           torch.zeros(2, 0, dtype=torch.long),
+                           torch.tensor([list(range(n)), [0] * n]), {})
+    branches = {b: (torch.eye(3)[[0 if hit[j] else 1 for hit, _ in HAND]], torch.eye(3))
+                for j, b in enumerate(("text", "image", "fused"))}
+    (tmp_path / "ground_truth.tsv").write_text("userID\titemID\tx_label\ttype\n" + "".join(
+        f"{u}\t0\t2\t{t}\n" for u, (_, t) in enumerate(HAND)))
+    report, _ = analysis._report(data, branches, ("text", "image"), [1], "test", 1, 0,
+                                 GroundTruthSource(tmp_path, ("text", "image")))
+    # the six-way partition is as before: kept and lost pairs are both in <m>_unique
+    assert report["partition_counts@1"] == {"redundant": 1, "degraded": 1, "text_unique": 4,
+                                            "image_unique": 3, "synergy": 1, "all_fail": 1}
+    assert sum(report["partition@1"].values()) == pytest.approx(1.0)
+    counts = report["unique_split_counts@1"]
+    assert counts == {"text_unique_kept": 1, "text_unique_lost": 3, "image_unique_kept": 2,
+                      "image_unique_lost": 1}
+    assert report["unique_split@1"] == pytest.approx({c: x / n for c, x in counts.items()})
+    for m in ("text", "image"):
+        assert (counts[f"{m}_unique_kept"] + counts[f"{m}_unique_lost"]
+                == report["partition_counts@1"][f"{m}_unique"])
+    truth = report["ground_truth"]
+    assert truth["unique_split@1"] == {
+        "text_unique": {"text_unique_kept": 1, "text_unique_lost": 2, "image_unique_kept": 0,
+                        "image_unique_lost": 0},
+        "image_unique": {"text_unique_kept": 0, "text_unique_lost": 0, "image_unique_kept": 2,
+                         "image_unique_lost": 1},
+        "synergy": {"text_unique_kept": 0, "text_unique_lost": 1, "image_unique_kept": 0,
+                    "image_unique_lost": 0},
+        "redundant": dict.fromkeys(counts, 0)}
+    assert truth["partition@1"]["synergy"] == {"redundant": 0, "degraded": 0, "text_unique": 1,
+                                               "image_unique": 0, "synergy": 1, "all_fail": 0}
+    assert {t: sum(c.values()) for t, c in truth["partition@1"].items()} == truth["counts"]
+
+
+@pytest.mark.needs_extra("plots")
+def test_partition_plot_draws_each_unique_class_as_kept_and_hatched_lost_parts():
+    from brmrs_pyg.analysis_plots import _partition
+    from brmrs_pyg.plotting import pyplot
+    shares = {"redundant": 0.1, "degraded": 0.0, "text_unique": 0.3, "image_unique": 0.2,
+              "synergy": 0.1, "all_fail": 0.3}
+    split = {"text_unique_kept": 0.1, "text_unique_lost": 0.2, "image_unique_kept": 0.15,
+             "image_unique_lost": 0.05}
+    report = {"ks": [20], "modalities": ["text", "image"], "num_pairs": 20, "model": "m",
+              "dataset": "d", "split": "test", "partition@20": shares, "unique_split@20": split}
+    plt = pyplot()
+    fig = _partition(plt, report, None)
+    bars = [(c.get_label(), c.patches[0]) for c in fig.axes[0].containers]
+    plt.close(fig)
+    assert [label.split(":")[0].split(";")[0] for label, _ in bars] == [
+        "redundant", "degraded", "text unique", "text unique, lost", "image unique",
+        "image unique, lost", "synergy", "all fail"]
+    lost = {label: bar.get_width() for label, bar in bars if bar.get_hatch()}
+    assert lost == pytest.approx({"text unique, lost: fused misses": 0.2,
+                                  "image unique, lost: fused misses": 0.05})
+    assert bars[2][1].get_width() == pytest.approx(0.1) and not bars[2][1].get_hatch()
+    assert bars[-1][1].get_x() + bars[-1][1].get_width() == pytest.approx(1.0)
 
 
 def test_recall_from_ranks_equals_the_evaluator():
@@ -233,6 +324,16 @@ def test_analyze_end_to_end(trained, capsys, extra_installed):
                                "synergy", "all_fail"}
         assert sum(ratios.values()) == pytest.approx(1.0)
         assert sum(counts.values()) == len(test_pairs)
+        split = report[f"unique_split_counts@{k}"]
+        assert list(split) == ["text_unique_kept", "text_unique_lost", "image_unique_kept",
+                               "image_unique_lost"]
+        assert report[f"unique_split@{k}"] == pytest.approx(
+            {c: x / len(test_pairs) for c, x in split.items()})
+        for m in ("text", "image"):
+            assert split[f"{m}_unique_kept"] + split[f"{m}_unique_lost"] == counts[f"{m}_unique"]
+            for t, by_class in report["ground_truth"][f"unique_split@{k}"].items():
+                assert (by_class[f"{m}_unique_kept"] + by_class[f"{m}_unique_lost"]
+                        == report["ground_truth"][f"partition@{k}"][t][f"{m}_unique"])
         # the branches' recall from ranks is the evaluator's (float scores: no ties)
         for branch in ("text", "image", "fused"):
             assert report[f"recall@{k}"][branch] == pytest.approx(
