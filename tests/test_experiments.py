@@ -309,12 +309,23 @@ def test_testbed_suites_tabulate_and_plot_the_diagnostics(project, tmp_path, mon
     def analysis(record, paths):
         w = float(dict(record.variant.overrides).get("lambda_orth", 0.5))
         share = [1 + w, 1, 1, 1, 1 - w / 2, 1]
+        split = [0.25, 0.75, 1, 0]  # of text_unique and image_unique, the fused share
         return {"partition@20": {c: x / sum(share) for c, x in zip(classes, share)},
+                "unique_split@20": {f"{m}_unique_{part}": x / sum(share) for (m, part), x
+                                    in zip([(m, p) for m in ("text", "image")
+                                            for p in ("kept", "lost")], split)},
                 "ground_truth": {"recall@20": {"fused": {"synergy": 0.1 + record.seed / 10,
                                                          "redundant": 0.5}}}}
 
     monkeypatch.setattr(testbed, "analyze", analysis)
     monkeypatch.setattr(testbed, "MODELS", {"decoupled"})
+    plotted, draw = {}, testbed.line_plot
+
+    def line_plot(path, title, panels):
+        plotted[path.name] = panels
+        draw(path, title, panels)
+
+    monkeypatch.setattr(testbed, "line_plot", line_plot)
     out = tmp_path / "suite"
     ctx = SuiteContext(make_runner(project, tmp_path), (1, 2))
     summary = testbed.empirical_suite(ctx)
@@ -322,6 +333,15 @@ def test_testbed_suites_tabulate_and_plot_the_diagnostics(project, tmp_path, mon
     assert [r["label"] for r in part][:4] == [f"lambda_orth={w}" for w in (0.0, 0.01, 0.1, 1.0)]
     assert float(part[3]["redundant_mean"]) == pytest.approx(2 / 6.5)
     assert summary["partition"]["lambda_orth=1.0"]["synergy"]["mean"] == pytest.approx(0.5 / 6.5)
+    # the unique classes split by the fused branch: table columns, and stacked in the plot
+    assert float(part[3]["text_unique_lost_mean"]) == pytest.approx(0.75 / 6.5, abs=1e-6)
+    assert float(part[3]["image_unique_kept_mean"]) == float(part[3]["image_unique_mean"])
+    assert "`<m>_unique_lost`" in (out / "partition.md").read_text()
+    stacked = plotted["partition.png"][0]
+    assert stacked.stacked and [s.label for s in stacked.series] == [
+        "redundant", "degraded", "text_unique_kept", "text_unique_lost", "image_unique_kept",
+        "image_unique_lost", "synergy", "all_fail"]
+    assert np.sum([s.y for s in stacked.series], axis=0) == pytest.approx(1.0)
     assert (out / "partition.png").is_file() and (out / "table.md").is_file()
 
     # two of the four models keep the table small
@@ -350,9 +370,12 @@ def test_analyze_reads_a_saved_analysis_and_needs_the_diagnostics_module(tmp_pat
     with pytest.raises(SuiteError, match="needs brmrs_pyg.analysis"):
         testbed.analyze(record, None)
     saved = {"partition@20": {"synergy": 0.25, "redundant": 0.75, "counts": "n/a"},
+             "unique_split@20": {"text_unique_kept": 0.0, "text_unique_lost": 0.1},
              "ground_truth": {"recall@20": {"fused": {"synergy": 0.5},
                                             "text": {"synergy": 0.1}}}}
     (tmp_path / "analysis.json").write_text(json.dumps(saved))
     analysis = testbed.analyze(record, None)  # read back, the module is not needed
     assert testbed.partition(analysis) == {"synergy": 0.25, "redundant": 0.75}
+    assert testbed.unique_split(analysis) == {"text_unique_kept": 0.0, "text_unique_lost": 0.1}
+    assert testbed.unique_split({"partition@20": {}}) == {}  # written before the split
     assert testbed.type_recall(analysis) == {"synergy": 0.5}

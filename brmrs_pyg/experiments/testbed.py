@@ -59,10 +59,26 @@ def analyze(record: RunRecord, paths: Paths) -> dict[str, Any] | None:
 
 def partition(analysis: dict[str, Any] | None) -> dict[str, float]:
     r"""The ratios of ``partition@K`` (class -> ratio of held-out pairs)."""
-    if analysis is None:
-        return {}
-    part = analysis.get(f"partition@{K}", {})
+    return _ratios(analysis, f"partition@{K}")
+
+
+def unique_split(analysis: dict[str, Any] | None) -> dict[str, float]:
+    r"""The ratios of ``unique_split@K`` (``<m>_unique_kept`` / ``<m>_unique_lost``: the
+    modality-unique pairs the fused branch hits / misses -> ratio of held-out pairs); empty
+    for an ``analysis.json`` written before the split existed."""
+    return _ratios(analysis, f"unique_split@{K}")
+
+
+def _ratios(analysis: dict[str, Any] | None, key: str) -> dict[str, float]:
+    part = {} if analysis is None else analysis.get(key, {})
     return {k: float(v) for k, v in part.items() if isinstance(v, (int, float))}
+
+
+def _stacked(classes: Sequence[str]) -> list[str]:
+    r"""The partition's classes among ``classes``, each ``<m>_unique`` replaced by its kept
+    and lost parts where ``classes`` has them: disjoint shares that sum to 1."""
+    return [part for c in classes if not c.endswith(("_kept", "_lost"))
+            for part in ((f"{c}_kept", f"{c}_lost") if f"{c}_lost" in classes else (c,))]
 
 
 def type_recall(analysis: dict[str, Any] | None) -> dict[str, float]:
@@ -95,7 +111,8 @@ def empirical_suite(ctx: SuiteContext) -> dict[str, Any]:
     r"""decoupled's decoupling weights vs the six-way partition of test pairs.
 
     Each weight of :data:`EMPIRICAL` swept; test metrics, and the partition of the test
-    pairs (``analyze_run``) against each weight."""
+    pairs (``analyze_run``) against each weight, with each ``<m>_unique`` class also split
+    into the pairs the fused branch keeps and loses (table columns; stacked in the plot)."""
     if "decoupled" not in MODELS:
         raise SuiteError(f"the empirical suite needs the model decoupled (registered: "
                          f"{', '.join(MODELS.names())})")
@@ -104,8 +121,9 @@ def empirical_suite(ctx: SuiteContext) -> dict[str, Any]:
     records = ctx.runner.run([v for vs in sweeps.values() for v in vs], ctx.seeds,
                              "empirical")
     paths = ctx.runner.settings.paths
-    parts = {v: mean_over_seeds([partition(analyze(r, paths)) for r in recs])
-             for v, recs in records.items()}
+    analyses = {v: [analyze(r, paths) for r in recs] for v, recs in records.items()}
+    parts = {v: mean_over_seeds([partition(a) | unique_split(a) for a in runs])
+             for v, runs in analyses.items()}
     classes = list(dict.fromkeys(c for p in parts.values() for c in p))
     rows, part_rows, panels = [], [], []
     for key, variants in sweeps.items():
@@ -114,13 +132,15 @@ def empirical_suite(ctx: SuiteContext) -> dict[str, Any]:
             rows.append(TableRow(v.name, summarize(records[v], "test", TABLE_METRICS),
                                  {"weight": key, "value": value}))
             part_rows.append(TableRow(v.name, parts[v], {"weight": key, "value": value}))
-        series = _stats([parts[v] for v in variants], classes)
+        series = _stats([parts[v] for v in variants], _stacked(classes))
         stacked = not any(np.isnan(s.y).any() for s in series)
         panels.append(Panel(f"decoupled: {key}", key, f"share of test pairs (K={K})", values,
                             series, stacked=stacked))
     write_tables(ctx.out, rows, "decoupled: decoupling weights")
     write_tables(ctx.out, part_rows, f"Six-way partition of test pairs at K={K}",
-                 metrics=classes, stem="partition", mark_best=False)
+                 metrics=classes, stem="partition", mark_best=False,
+                 notes=["", "`<m>_unique_kept` / `<m>_unique_lost`: the pairs of `<m>_unique` "
+                        "that the fused branch hits / misses (they add up to `<m>_unique`)."])
     line_plot(ctx.out / "partition.png", f"Six-way partition of test pairs (hits@{K}) vs "
               "decoupling weight", panels)
     return {"runs": runs_json(records), "summary": summary_json(records),
