@@ -19,7 +19,9 @@ from brmrs_pyg.pipeline import Paths
 from brmrs_pyg.plotting import pyplot
 from .executor import Executor, LocalExecutor, plan
 from .runner import Runner, RunnerSettings
+from .search import PRUNERS
 from .suites import SUITES, SuiteContext
+from .tuned import DEFAULT_TRIALS, TunedContext
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grid-seed", type=int, dest="grid_seed", metavar="S",
                         help="seed of the grid runs (default: the first of --seeds)")
     parser.add_argument("--models", default="", metavar="M,M",
-                        help="main only: comma-separated models (default: lightgcn, vbpr, "
+                        help="main: comma-separated models (default: lightgcn, vbpr, "
                              "concat, decoupled, lattice, freedom, bm3, brmrs; unregistered "
-                             "ones are skipped)")
+                             "ones are skipped). tuned: comma-separated variants, each model "
+                             "or model:key=value[:key=value...] (default: every model, brmrs "
+                             "with each fusion, M:plugin=brmrs for each model that takes it)")
+    parser.add_argument("--trials", type=int, metavar="N",
+                        help=f"tuned only: finished trials of every variant's search (default "
+                             f"{DEFAULT_TRIALS})")
+    parser.add_argument("--pruner", choices=PRUNERS,
+                        help="tuned only: pruner of every search (default median)")
     parser.add_argument("--verbose", action="store_true",
                         help="also print each run's own log (it is in its train.log anyway)")
     add_executor_args(parser)
@@ -120,16 +129,25 @@ def split_overrides(items: Sequence[str]) -> tuple[dict[str, str], dict[str, dic
 
 def context_of(args: argparse.Namespace, paths: Paths) -> SuiteContext:
     r"""The suite's context from the parsed command line."""
-    if (args.grid or args.models) and args.name != "main":
-        raise ConfigError("--grid and --models apply to the main suite only")
+    if (args.grid or args.models) and args.name not in ("main", "tuned"):
+        raise ConfigError("--grid and --models apply to the main suite only (--models also "
+                          "to tuned)")
+    if args.grid and args.name == "tuned":
+        raise ConfigError("--grid applies to the main suite only; tuned searches every "
+                          "variant with --trials and --pruner")
+    if (args.trials is not None or args.pruner is not None) and args.name != "tuned":
+        raise ConfigError("--trials and --pruner apply to the tuned suite only")
     common, per_model = split_overrides(args.overrides)
     out = Path(args.out) if args.out else (
         paths.root / "runs" / "suites" / f"{args.name}-{args.dataset}")
     settings = RunnerSettings(paths, args.dataset, out, args.data_dir, args.epochs, common,
                               per_model)
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
-    return SuiteContext(Runner(settings, executor_of(args, common)),
-                        tuple(dict.fromkeys(args.seeds)), args.grid, args.grid_seed, models)
+    runner, seeds = Runner(settings, executor_of(args, common)), tuple(dict.fromkeys(args.seeds))
+    if args.name == "tuned":
+        return TunedContext(runner, seeds, models=models, trials=(
+            DEFAULT_TRIALS if args.trials is None else args.trials), pruner=args.pruner or "median")
+    return SuiteContext(runner, seeds, args.grid, args.grid_seed, models)
 
 
 def run_suite(name: str, ctx: SuiteContext) -> dict[str, Any]:
