@@ -53,6 +53,7 @@ the type) and the partition and unique-split counts.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -297,14 +298,60 @@ def analyze_run(run_dir: Path, paths: Paths, ks: tuple[int, ...] = (10, 20),
     report, margins = _report(data, branches, pair, sorted(set(ks)), split, pool_size, seed,
                               GroundTruthSource(data_dir_of(config, paths),
                                                 tuple(m.name for m in card.modalities)))
+    results = json.loads((run_dir / "results.json").read_text())
     report = {"run": str(run_dir), "dataset": config.run.dataset, "model": config.run.model,
-              **report}
+              **report, "loss_terms": loss_terms(results.get("history", []),
+                                                 results.get("config", {}),
+                                                 results.get("best_epoch"))}
     if plots:
         from brmrs_pyg.analysis_plots import write_plots
         report["plots"] = write_plots(report, margins, run_dir)
     atomic_write_json(run_dir / "analysis.json", report)
     log.info("wrote %s", run_dir / "analysis.json")
     return report
+
+
+#: The config key weighting each logged loss term of the BR-MRS objective (and its plug-in);
+#: any other term is counted with weight 1, which :func:`loss_terms` checks against the
+#: logged total.
+TERM_WEIGHTS = {"bpr": "lambda_bpr", "chns": "lambda_h", "syn": "lambda_s", "reg": "reg_weight"}
+#: Share of the loss above which a term is reported as dominating it.
+DOMINANT_SHARE = 0.5
+
+
+def loss_terms(history: list[dict[str, float]], config: dict[str, Any],
+               best_epoch: int | None) -> dict[str, Any]:
+    r"""What each term of the training loss weighs, from a run's per-epoch ``history``: the
+    weighted terms :math:`w_t \ell_t` (weights from :data:`TERM_WEIGHTS` and the run's
+    ``config``), their share of the logged loss at the best and the last epoch, and the term
+    whose share at the best epoch is above :data:`DOMINANT_SHARE` (``dominant``, or
+    ``None``). Shares are given only when the weighted terms add up to the logged loss at
+    every epoch (``consistent``); a model whose loss has parts it does not log is reported
+    with its raw terms alone."""
+    terms = [k for k in (history[0] if history else {})
+             if k not in ("epoch", "loss") and "@" not in k]
+    weights = {t: float(config.get(TERM_WEIGHTS.get(t, ""), 1.0)) for t in terms}
+    weighted = {t: [weights[t] * row[t] for row in history] for t in terms}
+    totals = [row["loss"] for row in history]
+    consistent = bool(history) and all(
+        abs(sum(weighted[t][e] for t in terms) - total) <= 1e-3 * abs(total) + 1e-4
+        for e, total in enumerate(totals))
+    out: dict[str, Any] = {"terms": terms, "weights": weights, "consistent": consistent,
+                           "epochs": [row["epoch"] for row in history],
+                           "loss": totals, "raw": {t: [row[t] for row in history] for t in terms},
+                           "weighted": weighted, "best_epoch": best_epoch, "dominant": None}
+    if not consistent:
+        return out
+    epochs = out["epochs"]
+    at = {"best": epochs.index(best_epoch) if best_epoch in epochs else len(epochs) - 1,
+          "last": len(epochs) - 1}
+    for name, e in at.items():
+        out[f"share_at_{name}"] = {t: weighted[t][e] / totals[e] if totals[e] else 0.0
+                                   for t in terms}
+    top = max(terms, key=lambda t: out["share_at_best"][t], default=None)
+    if top is not None and out["share_at_best"][top] > DOMINANT_SHARE:
+        out["dominant"] = top
+    return out
 
 
 def _report(data: InteractionData, branches: dict[str, tuple[Tensor, Tensor]],

@@ -20,7 +20,7 @@ _CLASS_COLOURS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#99999
 
 def write_plots(report: dict[str, Any], margins: dict[str, dict[str, Tensor]],
                 folder: Path) -> list[str]:
-    r"""Draws ``partition.png``, ``margins.png`` and, with ground truth,
+    r"""Draws ``partition.png``, ``margins.png``, ``loss_terms.png`` and, with ground truth,
     ``recall_by_type.png`` into ``folder``; returns the file names written (none when
     matplotlib is missing)."""
     try:
@@ -31,6 +31,8 @@ def write_plots(report: dict[str, Any], margins: dict[str, dict[str, Tensor]],
     drawn = {"partition.png": _partition, "margins.png": _margins} if report["modalities"] else {}
     if "ground_truth" in report:
         drawn["recall_by_type.png"] = _recall_by_type
+    if report.get("loss_terms", {}).get("terms"):
+        drawn["loss_terms.png"] = _loss_terms
     for name, draw in drawn.items():
         fig = draw(plt, report, margins)
         with atomic_open(Path(folder) / name, "wb") as handle:
@@ -133,5 +135,40 @@ def _recall_by_type(plt: Any, report: dict[str, Any], margins: Any) -> Any:
         ax.legend(fontsize="small")
     fig.suptitle(_title(report, "Held-out pairs ranked in the top K, by the term that "
                                 "dominates the true preference"))
+    fig.tight_layout()
+    return fig
+
+
+def _loss_terms(plt: Any, report: dict[str, Any], margins: Any) -> Any:
+    info = report["loss_terms"]
+    epochs, terms = info["epochs"], info["terms"]
+    shares = info["consistent"]
+    fig, axes = plt.subplots(1, 2 if shares else 1, figsize=(11 if shares else 5.5, 3.8),
+                             squeeze=False)
+    ax = axes[0][0]
+    curves = info["weighted"] if shares else info["raw"]
+    for t in terms:
+        label = f"{info['weights'][t]:g} x {t}" if shares else t
+        ax.plot(epochs, curves[t], label=label)
+    ax.plot(epochs, info["loss"], color="black", linewidth=1.5, label="loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("weighted term" if shares else "raw term (weights unknown)")
+    ax.legend(fontsize="small")
+    if shares:
+        share = axes[0][1]
+        share.stackplot(epochs, [[w / total if total else 0.0 for w, total in
+                                  zip(info["weighted"][t], info["loss"])] for t in terms],
+                        labels=terms)
+        share.set_ylim(0, 1)
+        share.set_xlabel("epoch")
+        share.set_ylabel("share of the loss")
+        share.legend(fontsize="small", loc="lower left")
+    for row in axes:
+        for a in row:
+            if info["best_epoch"] is not None:
+                a.axvline(info["best_epoch"], color="grey", linestyle=":", linewidth=1)
+    dominant = f"; {info['dominant']} dominates at the best epoch" if info["dominant"] else ""
+    fig.suptitle(f"Loss terms by epoch (dotted: best epoch){dominant}\n"
+                 f"{report['model']} on {report['dataset']}")
     fig.tight_layout()
     return fig

@@ -190,6 +190,54 @@ def test_partition_plot_draws_each_unique_class_as_kept_and_hatched_lost_parts()
     assert bars[-1][1].get_x() + bars[-1][1].get_width() == pytest.approx(1.0)
 
 
+def brmrs_history():
+    # two epochs of a BR-MRS-like run; the logged loss is the weighted sum by hand:
+    # epoch 1: 1*0.6 + 0.5*1.2 + 2*0.3 + 0.01*10 = 1.9; epoch 2: 0.4 + 0.5 + 1.8 + 0.2 = 2.9
+    return [{"epoch": 1, "loss": 1.9, "bpr": 0.6, "chns": 1.2, "syn": 0.3, "reg": 10.0,
+             "recall@20": 0.1},
+            {"epoch": 2, "loss": 2.9, "bpr": 0.4, "chns": 1.0, "syn": 0.9, "reg": 20.0,
+             "recall@20": 0.2}]
+
+
+def test_loss_terms_weights_shares_and_dominant_term_by_hand():
+    config = {"lambda_bpr": 1.0, "lambda_h": 0.5, "lambda_s": 2.0, "reg_weight": 0.01}
+    out = analysis.loss_terms(brmrs_history(), config, best_epoch=1)
+    assert out["terms"] == ["bpr", "chns", "syn", "reg"] and out["consistent"]
+    assert out["weighted"]["syn"] == pytest.approx([0.6, 1.8])
+    assert out["share_at_best"] == pytest.approx({"bpr": 0.6 / 1.9, "chns": 0.6 / 1.9,
+                                                  "syn": 0.6 / 1.9, "reg": 0.1 / 1.9})
+    assert out["share_at_last"] == pytest.approx({"bpr": 0.4 / 2.9, "chns": 0.5 / 2.9,
+                                                  "syn": 1.8 / 2.9, "reg": 0.2 / 2.9})
+    assert out["dominant"] is None  # no term above half at the best epoch (1)
+    assert analysis.loss_terms(brmrs_history(), config, best_epoch=2)["dominant"] == "syn"
+
+
+def test_loss_terms_without_matching_weights_gives_raw_terms_only():
+    # a loss with a part the history does not log (or weights not in the config)
+    out = analysis.loss_terms(brmrs_history(), {"lambda_h": 0.5}, best_epoch=2)
+    assert not out["consistent"] and out["dominant"] is None
+    assert "share_at_best" not in out and out["raw"]["syn"] == [0.3, 0.9]
+    assert analysis.loss_terms([], {}, None)["terms"] == []
+
+
+@pytest.mark.needs_extra("plots")
+def test_loss_terms_plot_draws_each_weighted_term_and_the_shares():
+    from brmrs_pyg.analysis_plots import _loss_terms
+    from brmrs_pyg.plotting import pyplot
+    config = {"lambda_bpr": 1.0, "lambda_h": 0.5, "lambda_s": 2.0, "reg_weight": 0.01}
+    report = {"model": "brmrs", "dataset": "d",
+              "loss_terms": analysis.loss_terms(brmrs_history(), config, best_epoch=2)}
+    plt = pyplot()
+    fig = _loss_terms(plt, report, None)
+    lines = {line.get_label(): list(line.get_ydata()) for line in fig.axes[0].get_lines()
+             if not line.get_label().startswith("_")}
+    title = fig._suptitle.get_text()
+    plt.close(fig)
+    assert lines["2 x syn"] == pytest.approx([0.6, 1.8])
+    assert lines["loss"] == pytest.approx([1.9, 2.9])
+    assert len(fig.axes) == 2 and "syn dominates" in title
+
+
 def test_recall_from_ranks_equals_the_evaluator():
     train_idx, held_idx, _, _ = toy(num_users=30, num_items=25, seed=2)
     gen = torch.Generator().manual_seed(3)
@@ -345,8 +393,12 @@ def test_analyze_end_to_end(trained, capsys, extra_installed):
     assert set(report["cross_modal_confusion"]) == {f"{a}->{b}" for a in ("text", "image")
                                                     for b in ("text", "image", "fused")}
     # the PNGs need the `plots` extra; without it the report is the same, with no plots
-    assert report["plots"] == (["partition.png", "margins.png", "recall_by_type.png"]
-                               if extra_installed("plots") else [])
+    assert report["plots"] == (["partition.png", "margins.png", "recall_by_type.png",
+                                "loss_terms.png"] if extra_installed("plots") else [])
+    # the run's own loss: BR-MRS logs every term with its weight, so the shares add up
+    terms = report["loss_terms"]
+    assert terms["consistent"] and terms["terms"] == ["bpr", "chns", "syn", "reg"]
+    assert sum(terms["share_at_best"].values()) == pytest.approx(1.0)
     for name in report["plots"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -390,4 +442,7 @@ def test_analyze_errors(trained, tmp_path, capsys, extra_installed):
     results = json.loads((lightgcn / "results.json").read_text())
     assert report["recall@20"]["fused"] == pytest.approx(results["test"]["recall@20"], abs=1e-6)
     assert set(report["ground_truth"]["recall@20"]) == {"fused"}
-    assert report["plots"] == (["recall_by_type.png"] if extra_installed("plots") else [])
+    assert report["plots"] == (["recall_by_type.png", "loss_terms.png"]
+                               if extra_installed("plots") else [])
+    assert report["loss_terms"]["consistent"]  # bpr + reg_weight * reg
+    assert report["loss_terms"]["terms"] == ["bpr", "reg"]
