@@ -138,17 +138,15 @@ def parse_variants(entries: Sequence[str]) -> list[Variant]:
     return variants
 
 
-def default_entries(runner: Runner, seed: int) -> list[str]:
-    r"""Every registered model; ``brmrs`` with each registered fusion but its card's (the
-    plain ``brmrs`` entry); ``M:plugin=brmrs`` for every model whose class supports the
-    plug-in."""
+def default_entries() -> list[str]:
+    r"""Every registered model but ``brmrs``; ``brmrs`` with each registered fusion (its
+    card's grid tunes the fusion too, so a plain ``brmrs`` would be a search over fusions,
+    not one of them); ``M:plugin=brmrs`` for every model whose class supports the plug-in."""
     models = MODELS.names()
-    own = runner.config(Variant("brmrs"), seed).model.fusion if "brmrs" in MODELS else ""
-    fusions = [f"brmrs:fusion={f}" for f in FUSIONS.names()
-               if "brmrs" in MODELS and normalize_name(f) != normalize_name(own)]
+    fusions = [f"brmrs:fusion={f}" for f in FUSIONS.names()] if "brmrs" in MODELS else []
     plugins = [f"{m}:plugin=brmrs" for m in models
                if getattr(MODELS.get(m), "supports_plugin", False)]
-    return [*models, *fusions, *plugins]
+    return [*(m for m in models if m != "brmrs"), *fusions, *plugins]
 
 
 def check_variants(runner: Runner, variants: Sequence[Variant], seed: int) -> list[Variant]:
@@ -313,7 +311,7 @@ def tuned_suite(ctx: SuiteContext) -> dict[str, Any]:
                               for f in dataclasses.fields(SuiteContext)})
     if ctx.trials < 1:
         raise ConfigError(f"--trials {ctx.trials}: at least 1")
-    entries = list(ctx.models) or default_entries(ctx.runner, ctx.seeds[0])
+    entries = list(ctx.models) or default_entries()
     variants = check_variants(ctx.runner, parse_variants(entries), ctx.seeds[0])
     optuna = import_optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the search's lines replace its own
