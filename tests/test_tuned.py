@@ -157,8 +157,8 @@ def check_cost(out, summary, table):
         folder = Path(summary["searches"][label]["folder"])
         assert folder.parent == out
         trials = json.loads((folder / "search.json").read_text())["trials"]
-        threads = [json.loads((Path(t["folder"]) / "results.json").read_text())["timings"]
-                   ["threads"] for t in trials]
+        threads = [json.loads((folder / "trials" / str(t["number"]) / "results.json")
+                              .read_text())["timings"]["threads"] for t in trials]
         expected = sum(t["seconds"] * h for t, h in zip(trials, threads)) / 3600
         assert threads == [1, 1] and expected > 0
         assert summary["searches"][label]["cpu_core_hours"] == pytest.approx(expected)
@@ -239,3 +239,15 @@ def test_other_suites_refuse_the_tuned_options(project, tmp_path, capsys):
     assert run_suite(project, tmp_path, "tuned", "--models", "lightgcn:nokey=1") == 2
     assert "nokey" in capsys.readouterr().err
     assert not (tmp_path / "suite").exists()
+
+
+def test_the_cost_reads_the_trials_of_the_search_folder_even_after_a_move(tmp_path):
+    # search.json rows keep the folder a trial ran in; the search may have moved since
+    for number, threads in ((0, 2), (1, 1)):
+        trial = tmp_path / "moved" / "trials" / str(number)
+        trial.mkdir(parents=True)
+        (trial / "results.json").write_text(json.dumps({"timings": {"threads": threads}}))
+    rows = [{"number": 0, "seconds": 1800.0, "folder": "/gone/trials/0"},
+            {"number": 1, "seconds": 3600.0, "folder": "/gone/trials/1"},
+            {"number": 2, "seconds": 999.0, "folder": "/gone/trials/2"}]  # no results: not run
+    assert tuned.cpu_core_hours(rows, tmp_path / "moved") == pytest.approx(2.0)

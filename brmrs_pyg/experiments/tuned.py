@@ -191,13 +191,14 @@ def search_settings(ctx: TunedContext, variant: Variant) -> SearchSettings:
                           out, ctx.seeds, SAMPLER, ctx.pruner)
 
 
-def cpu_core_hours(trials: Sequence[Mapping[str, Any]]) -> float:
-    r"""The cost of a search from its ``search.json`` trial rows: :math:`\sum_t w_t h_t /
-    3600` over the trials whose folder holds a ``results.json`` (complete or pruned), with
-    :math:`w_t` the trial's wall seconds and :math:`h_t` the threads of its run."""
+def cpu_core_hours(trials: Sequence[Mapping[str, Any]], folder: Path) -> float:
+    r"""The cost of the search in ``folder`` from its ``search.json`` trial rows:
+    :math:`\sum_t w_t h_t / 3600` over the trials whose folder (``<folder>/trials/<number>``,
+    so a moved search folder still counts) holds a ``results.json`` (complete or pruned),
+    with :math:`w_t` the trial's wall seconds and :math:`h_t` the threads of its run."""
     total = 0.0
     for row in trials:
-        path = Path(row.get("folder") or "") / "results.json"
+        path = folder / "trials" / str(row["number"]) / "results.json"
         if row.get("seconds") is None or not path.is_file():
             continue
         total += float(row["seconds"]) * int(json.loads(path.read_text())["timings"]["threads"])
@@ -236,7 +237,7 @@ def tune(ctx: TunedContext, variant: Variant) -> Tuned:
     summary = SearchSummary(str(settings.out), list(settings.space), content["best"]["params"],
                             sum(s in ("complete", "pruned", "failed") for s in states),
                             states.count("pruned"), states.count("failed"),
-                            cpu_core_hours(content["trials"]), content["study"])
+                            cpu_core_hours(content["trials"], settings.out), content["study"])
     return Tuned(variant, records_of(variant, content["best"]["seeds"]), summary,
                  truth.is_file())
 
