@@ -21,10 +21,11 @@ from brmrs_pyg.recommenders import MODELS
 from brmrs_pyg.registry import Registry
 
 from .compare import compare_records
+from .diagnostics import TYPE_COLUMN, TYPE_NOTE, has_ground_truth, type_recalls
 from .grid import Grid, card_grid, grid_search, read_sweep_file, valid_score
 from .report import (SIGNIFICANCE_NOTE, TABLE_METRICS, Panel, Series, TableRow, bar_plot,
                      line_plot, significance_lines, write_tables)
-from .runner import RunRecord, Runner, SuiteError, Variant, summarize
+from .runner import RunRecord, Runner, SuiteError, Summary, Variant, summarize
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +149,16 @@ def compare_to(ctx: SuiteContext, records: dict[Variant, list[RunRecord]], ref: 
 
 
 def report(ctx: SuiteContext, records: dict[Variant, list[RunRecord]], title: str,
-           notes: Sequence[str] = (), extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    r"""The common ending of a suite: table, bar plot and ``suite.json`` content."""
+           notes: Sequence[str] = (), extra: dict[str, Any] | None = None,
+           columns: dict[Variant, dict[str, Summary]] | None = None) -> dict[str, Any]:
+    r"""The common ending of a suite: table, bar plot and ``suite.json`` content.
+    ``columns``: more cells of a variant's row, after the test metrics."""
     rows = rows_of(records)
-    write_tables(ctx.out, rows, title, notes=notes)
+    for row, variant in zip(rows, records):
+        row.cells.update((columns or {}).get(variant, {}))
+    more = [m for r in rows for m in r.cells if m not in TABLE_METRICS]
+    write_tables(ctx.out, rows, title, metrics=[*TABLE_METRICS, *dict.fromkeys(more)],
+                 notes=notes)
     bar_plot(ctx.out / "test_metrics.png", title, rows)
     return {"runs": runs_json(records), "summary": summary_json(records), **(extra or {})}
 
@@ -198,7 +205,8 @@ def ablation_suite(ctx: SuiteContext) -> dict[str, Any]:
     r"""BR-MRS with CHNS on/off x synergy on/off.
 
     ``lambda_h``, ``lambda_s`` in {0, the resolved (card) value}; paired tests of the full
-    model against each ablation."""
+    model against each ablation; on data with a ground truth of information types (the
+    synthetic testbed), each variant's recall per type."""
     params = ctx.runner.config(Variant("brmrs"), ctx.seeds[0]).model
     if not params.lambda_h or not params.lambda_s:
         raise SuiteError(f"the ablation switches CHNS and synergy off, but they are off "
@@ -210,8 +218,17 @@ def ablation_suite(ctx: SuiteContext) -> dict[str, Any]:
                 Variant.of("brmrs", "w/o CHNS, synergy", lambda_h=0.0, lambda_s=0.0)]
     records = ctx.runner.run(variants, ctx.seeds, "ablation")
     significance, lines = compare_to(ctx, records, full, variants[1:])
-    notes = [f"On: lambda_h={params.lambda_h}, lambda_s={params.lambda_s}.", *lines]
-    return report(ctx, records, "BR-MRS ablation", notes, {"significance": significance})
+    notes = [f"On: lambda_h={params.lambda_h}, lambda_s={params.lambda_s}."]
+    types: dict[Variant, dict[str, Summary]] = {}
+    if has_ground_truth(ctx.runner, "brmrs", ctx.seeds[0]):  # what each loss does per type
+        types = {v: type_recalls(recs, ctx.runner.settings.paths) for v, recs in records.items()}
+        notes += ["", TYPE_NOTE]
+    columns = {v: {f"{TYPE_COLUMN}{t}": x for t, x in by_type.items()}
+               for v, by_type in types.items()}
+    return report(ctx, records, "BR-MRS ablation", [*notes, *lines],
+                  {"significance": significance,
+                   "recall_by_type": {v.name: {t: x.as_dict() for t, x in by_type.items()}
+                                      for v, by_type in types.items()}}, columns)
 
 
 @SUITES.register("negatives")

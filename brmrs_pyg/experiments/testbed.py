@@ -4,26 +4,18 @@ r"""Suites that read the paper's diagnostics (:func:`brmrs_pyg.analysis.analyze_
 factors)."""
 from __future__ import annotations
 
-import json
-import logging
 from typing import Any, Sequence
 
 import numpy as np
 
 from brmrs_pyg.data.cards import load_card
-from brmrs_pyg.pipeline import Paths
 from brmrs_pyg.recommenders import MODELS
-from brmrs_pyg.recommenders.branched import FUSED
 
+from .diagnostics import K, analyze, mean_over_seeds, type_recall
 from .report import TABLE_METRICS, Panel, Series, TableRow, line_plot, write_tables
-from .runner import RunRecord, SuiteError, Summary, Variant, summarize
-from .stats import mean_std
+from .runner import SuiteError, Summary, Variant, summarize
 from .suites import SUITES, SuiteContext, available, runs_json, summary_json
 
-log = logging.getLogger(__name__)
-
-#: Cut-off of the partition and per-type recall the plots show.
-K = 20
 #: Sweeps of the ``empirical`` suite: weights of ``decoupled``'s two decoupling losses.
 EMPIRICAL: dict[str, list[float]] = {"lambda_orth": [0.0, 0.01, 0.1, 1.0],
                                      "lambda_nce": [0.0, 0.01, 0.1, 1.0]}
@@ -34,27 +26,6 @@ ROBUSTNESS: dict[str, list[str]] = {
     "gamma_t": [f"gamma_t={v},gamma_v={v}" for v in (0.0, 0.5, 1.0, 2.0, 4.0)],
 }
 ROBUSTNESS_MODELS = ("lightgcn", "concat", "freedom", "brmrs")
-
-
-def analyze(record: RunRecord, paths: Paths) -> dict[str, Any] | None:
-    r"""The run's ``analysis.json``, computed by :func:`brmrs_pyg.analysis.analyze_run`
-    when missing; ``None`` for a failed run, or a run the analysis refuses (e.g. a model
-    without branches), with a warning."""
-    if record.results is None:
-        return None
-    path = record.folder / "analysis.json"
-    if path.is_file():
-        return dict(json.loads(path.read_text()))
-    try:
-        from brmrs_pyg.analysis import analyze_run
-    except ImportError:
-        raise SuiteError("this suite needs brmrs_pyg.analysis (the diagnostics of "
-                         "run.py analyze), which this installation lacks") from None
-    try:
-        return dict(analyze_run(record.folder, paths, ks=(10, K), split="test", plots=True))
-    except ValueError as exc:  # the package's data and config errors are ValueErrors
-        log.warning("no analysis of %s: %s", record.folder, exc)
-        return None
 
 
 def partition(analysis: dict[str, Any] | None) -> dict[str, float]:
@@ -79,25 +50,6 @@ def _stacked(classes: Sequence[str]) -> list[str]:
     and lost parts where ``classes`` has them: disjoint shares that sum to 1."""
     return [part for c in classes if not c.endswith(("_kept", "_lost"))
             for part in ((f"{c}_kept", f"{c}_lost") if f"{c}_lost" in classes else (c,))]
-
-
-def type_recall(analysis: dict[str, Any] | None) -> dict[str, float]:
-    r"""Recall@K of the fused (ranking) branch per ground-truth type (``ground_truth`` ->
-    ``recall@K`` -> ``fused`` of ``analysis.json``: hits / held-out pairs of the type)."""
-    if analysis is None:
-        return {}
-    by_type = analysis.get("ground_truth", {}).get(f"recall@{K}", {}).get(FUSED, {})
-    return {k: float(v) for k, v in by_type.items()}
-
-
-def mean_over_seeds(maps: Sequence[dict[str, float]]) -> dict[str, Summary]:
-    r"""Per key, mean ± std over the seeds' dicts that have it."""
-    keys = list(dict.fromkeys(k for m in maps for k in m))
-    out = {}
-    for key in keys:
-        values = [m[key] for m in maps if key in m]
-        out[key] = Summary(*mean_std(values), len(values))
-    return out
 
 
 def _stats(maps: Sequence[dict[str, Summary]], keys: Sequence[str]) -> list[Series]:
