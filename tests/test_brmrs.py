@@ -168,12 +168,20 @@ def test_training_step_on_cuda_has_no_host_sync():
     model = build(data, pool_size=4, hard_k=2).to("cuda")
     index = PairIndex.from_edges(data.train, 5, 6, torch.device("cuda"))
     users, pos = data.train.to("cuda")
-    model.branches()  # warm-up (lazy CUDA initialisation may synchronise)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+
+    def step():
         neg = sample_negatives(users, index, model.num_negatives)
         loss, _ = model.loss(Batch(users, pos, neg))
         loss.backward()
+        return loss
+
+    # warm-up: lazy CUDA initialisation, and the first backward builds each propagation
+    # matrix's transpose once for all later steps (nn/sparse.py), which synchronises
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert loss.device.type == "cuda"
