@@ -14,6 +14,7 @@ from brmrs_pyg.cli import main
 from brmrs_pyg.config import ConfigError
 from brmrs_pyg.experiments import testbed
 from brmrs_pyg.experiments.compare import compare_runs
+from brmrs_pyg.experiments import diagnostics
 from brmrs_pyg.experiments.diagnostics import has_ground_truth
 from brmrs_pyg.experiments.grid import card_grid, grid_points, grid_search, select_best
 from brmrs_pyg.experiments.report import TableRow, write_tables
@@ -333,6 +334,7 @@ def test_testbed_suites_tabulate_and_plot_the_diagnostics(project, tmp_path, mon
                                                          "redundant": 0.5}}}}
 
     monkeypatch.setattr(testbed, "analyze", analysis)
+    monkeypatch.setattr(diagnostics, "analyze", analysis)  # behind type_recalls
     monkeypatch.setattr(testbed, "MODELS", {"decoupled"})
     plotted, draw = {}, testbed.line_plot
 
@@ -407,4 +409,4 @@ def test_analyze_reads_a_saved_analysis_and_needs_the_diagnostics_module(tmp_pat
     assert testbed.partition(analysis) == {"synergy": 0.25, "redundant": 0.75}
     assert testbed.unique_split(analysis) == {"text_unique_kept": 0.0, "text_unique_lost": 0.1}
     assert testbed.unique_split({"partition@20": {}}) == {}  # written before the split
-    assert testbed.type_recall(analysis) == {"synergy": 0.5}
+    assert diagnostics.type_recall(analysis) == {"synergy": 0.5}

@@ -21,7 +21,7 @@ from brmrs_pyg.recommenders import MODELS
 from brmrs_pyg.registry import Registry
 
 from .compare import compare_records
-from .diagnostics import TYPE_COLUMN, TYPE_NOTE, has_ground_truth, type_recalls
+from .diagnostics import TYPE_NOTE, known_type_recalls, type_cells
 from .grid import Grid, card_grid, grid_search, read_sweep_file, valid_score
 from .report import (SIGNIFICANCE_NOTE, TABLE_METRICS, Panel, Series, TableRow, bar_plot,
                      line_plot, significance_lines, write_tables)
@@ -219,16 +219,16 @@ def ablation_suite(ctx: SuiteContext) -> dict[str, Any]:
     records = ctx.runner.run(variants, ctx.seeds, "ablation")
     significance, lines = compare_to(ctx, records, full, variants[1:])
     notes = [f"On: lambda_h={params.lambda_h}, lambda_s={params.lambda_s}."]
-    types: dict[Variant, dict[str, Summary]] = {}
-    if has_ground_truth(ctx.runner, "brmrs", ctx.seeds[0]):  # what each loss does per type
-        types = {v: type_recalls(recs, ctx.runner.settings.paths) for v, recs in records.items()}
+    # what each loss does per information type, on data with a ground truth
+    types = {v: known_type_recalls(ctx.runner, "brmrs", ctx.seeds[0], recs)
+             for v, recs in records.items()}
+    if any(types.values()):
         notes += ["", TYPE_NOTE]
-    columns = {v: {f"{TYPE_COLUMN}{t}": x for t, x in by_type.items()}
-               for v, by_type in types.items()}
     return report(ctx, records, "BR-MRS ablation", [*notes, *lines],
                   {"significance": significance,
                    "recall_by_type": {v.name: {t: x.as_dict() for t, x in by_type.items()}
-                                      for v, by_type in types.items()}}, columns)
+                                      for v, by_type in types.items() if by_type}},
+                  {v: type_cells(by_type) for v, by_type in types.items()})
 
 
 @SUITES.register("negatives")

@@ -11,7 +11,7 @@ import numpy as np
 from brmrs_pyg.data.cards import load_card
 from brmrs_pyg.recommenders import MODELS
 
-from .diagnostics import K, analyze, mean_over_seeds, type_recall
+from .diagnostics import K, analyze, mean_over_seeds, type_recalls
 from .report import TABLE_METRICS, Panel, Series, TableRow, line_plot, write_tables
 from .runner import SuiteError, Summary, Variant, summarize
 from .suites import SUITES, SuiteContext, available, runs_json, summary_json
@@ -116,8 +116,7 @@ def robustness_suite(ctx: SuiteContext) -> dict[str, Any]:
     grid = {(key, gen, m): Variant.of(m, f"{m} {gen}", generator=gen)
             for key, gens in ROBUSTNESS.items() for gen in gens for m in models}
     records = ctx.runner.run(list(grid.values()), ctx.seeds, "robustness")
-    types = {v: mean_over_seeds([type_recall(analyze(r, settings.paths)) for r in recs])
-             for v, recs in records.items()}
+    types = {v: type_recalls(recs, settings.paths) for v, recs in records.items()}
     rows, type_rows, panels = [], [], []
     for key, gens in ROBUSTNESS.items():
         ticks = [gen.split(",")[0].partition("=")[2] for gen in gens]
