@@ -153,19 +153,24 @@ def mlp(name: str, seq: torch.nn.Module, x: Tensor) -> list[Op]:
 
 
 def pair_scores(name: str, batch: int, columns: int, width: int,
-                device: torch.device | None = None) -> Op:
+                device: torch.device | None = None, grad_columns: int | None = None) -> Op:
     r"""Scores of ``batch`` users against ``columns`` items each (the positive and the
-    negatives or pool): a batched product forward, two backward."""
+    negatives or pool): a batched product forward, two backward, over the first
+    ``grad_columns`` only when fewer carry gradient (a pool whose hard negatives are picked
+    without gradient: only the picked columns reach the loss)."""
     device = device or torch.device("cpu")
+    grad_columns = columns if grad_columns is None else grad_columns
     user = torch.randn(batch, width, 1, device=device)
     items = torch.randn(batch, columns, width, device=device)
-    grad = torch.randn(batch, 1, columns, device=device)
+    grad = torch.randn(batch, 1, grad_columns, device=device)
+    trained = items[:, :grad_columns]
 
     def run() -> None:
         torch.bmm(items, user)
-        torch.bmm(grad, items)
+        torch.bmm(grad, trained)
         torch.bmm(grad.transpose(1, 2), user.transpose(1, 2))
-    return Op(f"{name}: scores {batch} x {columns} x {width}", run)
+    backward = "" if grad_columns == columns else f", backward over {grad_columns}"
+    return Op(f"{name}: scores {batch} x {columns} x {width}{backward}", run)
 
 
 def edge_products(name: str, adj: Tensor, width: int, repeat: int = 1) -> Op:
@@ -371,9 +376,11 @@ def _decoupled(model: Any, batch: int) -> list[Op]:
 @floor("brmrs")
 def _brmrs(model: Any, batch: int) -> list[Op]:
     d, dev = model.user_emb.embedding_dim, _device(model)
+    # the gradient reaches the positive, the uniform negative and each modality's picks
+    trained = min(1 + model.num_negatives, 2 + len(model.modalities) * model.weights.hard_k)
     return [*(linear(f"proj[{m}]", model.proj[m], _feat(model, m)) for m in model.modalities),
             *channel_ops(model.channels, d, side_by_side=True),
-            *(pair_scores(f"pool[{m}]", batch, 1 + model.num_negatives, d, dev)
+            *(pair_scores(f"pool[{m}]", batch, 1 + model.num_negatives, d, dev, trained)
               for m in model.modalities),
             pair_scores("fused", batch, 2, d, dev)]
 

@@ -41,7 +41,8 @@ def l2_reg(*embeddings: Tensor) -> Tensor:
         \mathcal{R} = \frac{1}{2B} \sum_{E \in \text{embeddings}} \lVert E \rVert_F^2
 
     Shapes:
-        - **embeddings**: each :math:`(B, d)` (the batch size is read from the first).
+        - **embeddings**: each :math:`(B, d)`, or :math:`(B, k, d)` for :math:`k` rows per
+          example (the batch size is read from the first's first dimension).
         - **output**: scalar.
     """
     total = sum(e.pow(2).sum() for e in embeddings)

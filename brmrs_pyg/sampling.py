@@ -111,4 +111,6 @@ def hardest_in_pool(pool_scores: Tensor, k: int = 1) -> Tensor:
     """
     if not 1 <= k <= pool_scores.size(-1):
         raise ValueError(f"k must lie in [1, pool size {pool_scores.size(-1)}], got {k}")
+    if k == 1:  # several times faster than topk; ties go to the first position
+        return pool_scores.argmax(-1, keepdim=True)
     return pool_scores.topk(k, dim=-1).indices

@@ -117,8 +117,13 @@ def test_lightgcn_floor_is_its_propagation_and_batch_scores():
 def test_brmrs_floor_scores_each_modality_pool_and_the_fused_pair():
     model, _ = build_model(MODELS.get("brmrs"), pool_size=5)
     names = [op.name for op in floors.floor_ops("brmrs", model, batch_size=8)]
+    # the backward reaches the positive, the uniform negative and one pick per modality
     assert [n for n in names if "scores" in n] == [
-        "pool[m0]: scores 8 x 6 x 4", "pool[m1]: scores 8 x 6 x 4", "fused: scores 8 x 2 x 4"]
+        "pool[m0]: scores 8 x 6 x 4, backward over 4", "pool[m1]: scores 8 x 6 x 4, "
+        "backward over 4", "fused: scores 8 x 2 x 4"]
+    model, _ = build_model(MODELS.get("brmrs"), pool_size=3, hard_k=2)
+    names = [op.name for op in floors.floor_ops("brmrs", model, batch_size=8)]
+    assert "pool[m0]: scores 8 x 4 x 4" in names  # 2 + 2 x 2 columns: the whole pool
     assert sum(n.startswith("proj[") for n in names) == 2
     # the channels propagate the user-item graph together: once, item side 2 x 4 wide
     assert [n.split(":")[0] for n in names if "sparse" in n or "blocks" in n] == [

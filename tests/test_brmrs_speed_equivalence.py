@@ -65,15 +65,15 @@ def reference_loss(model, batch):
     return total + model.reg_weight * reg, {**terms, "reg": reg.detach()}
 
 
-def assert_same_steps(model, reference, data, steps=3, seed=0):
+def assert_same_steps(model, reference, data, steps=3, seed=0, pairs=None):
     r"""``steps`` Adam steps of ``model.loss`` and of :func:`reference_loss` on ``reference``
-    (an identical model), over all of ``data``'s training pairs: equal totals, terms and
-    gradients at every step."""
+    (an identical model), over the first ``pairs`` of ``data``'s training pairs (all by
+    default): equal totals, terms and gradients at every step."""
     for p, q in zip(model.parameters(), reference.parameters()):
         assert torch.equal(p, q)
     optimizers = [torch.optim.Adam(m.parameters(), lr=0.05) for m in (model, reference)]
     train = PairIndex.from_edges(data.train, data.num_users, data.num_items)
-    users, pos = data.train
+    users, pos = data.train[:, :pairs]
     gen = torch.Generator().manual_seed(seed)
     for step in range(steps):
         neg = sample_negatives(users, train, model.num_negatives, gen)
@@ -124,6 +124,14 @@ def test_loss_and_gradients_equal_the_pre_change_step(overrides):
     assert_same_steps(*build_twice(data, **overrides), data)
 
 
+@pytest.mark.parametrize("overrides", [{}, {"hard_negatives": "fused"}, {"fusion": "mlp"}])
+def test_a_batch_with_fewer_rows_than_items_equals_the_pre_change_step(overrides):
+    # 3 pairs: the fused branch's rows are gathered (6, or 15 with hard_negatives=fused),
+    # not fused over the whole 20-item table as with all 96 pairs
+    data = small_data()
+    assert_same_steps(*build_twice(data, **overrides), data, pairs=3)
+
+
 def test_three_modalities_user_graph_and_cold_items_equal_the_pre_change_step():
     data = small_data(num_modalities=3)
     models = build_twice(data, GraphSpec(knn_k=3, uu_k=3), pool_size=5)
@@ -156,3 +164,25 @@ def test_scaled_spmm_bipartite_blocks_and_sampled_dot_match_dense_products():
         torch.testing.assert_close(sampled_dot(rows[:index.size(0)], table[:index.max() + 1],
                                                index),
                                    (rows[:index.size(0), None] * table[index]).sum(-1))
+
+
+@pytest.mark.parametrize("num_items", [5, 2])  # 2: more candidates per row than items
+def test_sampled_block_scores_match_the_gathered_products_and_their_gradients(num_items):
+    from brmrs_pyg.nn.sparse import sampled_block_scores
+
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randn(3, 6, generator=gen, requires_grad=True)
+    table = torch.randn(num_items, 6, generator=gen, requires_grad=True)
+    # repeated and unsorted candidates
+    index = torch.tensor([[4, 0, 4], [1, 1, 3], [2, 0, 1]]) % num_items
+    weight = torch.randn(3, 3, 2, generator=gen)
+    out = sampled_block_scores(rows, table, index, 2)
+    (out * weight).sum().backward()
+    grads = rows.grad.clone(), table.grad.clone()
+    rows.grad = table.grad = None
+    blocks = table[index].view(3, 3, 2, 3) * rows.view(3, 1, 2, 3)
+    expected = blocks.sum(-1)
+    (expected * weight).sum().backward()
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(grads[0], rows.grad)
+    torch.testing.assert_close(grads[1], table.grad)

@@ -137,6 +137,99 @@ def sampled_dot(rows: Tensor, table: Tensor, index: Tensor) -> Tensor:
         num_rows, per_row)
 
 
+def block_scores(user: Tensor, items: Tensor, blocks: int) -> Tensor:
+    r"""Per column block, inner products of each user row with its gathered candidates: user
+    :math:`(B, Md)` and items :math:`(B, C, Md)` give :math:`(B, C, M)`, with gradient."""
+    return _BlockScores.apply(user, items, blocks)
+
+
+class _BlockScores(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, user: Tensor, items: Tensor, blocks: int) -> Tensor:
+        ctx.save_for_backward(user, items)
+        batch, columns, width = items.shape
+        ctx.shape = (batch, columns, blocks, width // blocks)
+        return (items.view(ctx.shape) * user.view(batch, 1, blocks, -1)).sum(-1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        user, items = ctx.saved_tensors
+        batch, columns, blocks, _ = ctx.shape
+        grad = grad.unsqueeze(-1)
+        # one product each instead of autograd's broadcast products, sums and expansion
+        grad_user = (grad * items.view(ctx.shape)).sum(1).view(user.shape)
+        grad_items = (grad * user.view(batch, 1, blocks, -1)).view(items.shape)
+        return grad_user, grad_items, None
+
+
+def sampled_block_scores(rows: Tensor, table: Tensor, index: Tensor, blocks: int) -> Tensor:
+    r"""Per column block :math:`k`, inner products of each row with its own candidates among
+    the rows of a table, :math:`s_{bck} = \langle \mathbf{r}^{(k)}_b,
+    \mathbf{t}^{(k)}_{\text{index}_{bc}} \rangle`, with gradient to ``rows`` and ``table``:
+    :func:`sampled_dot` per block, differentiable. On CPU the forward is one sampled product
+    per block and the backward two sparse products per block (with the sampling pattern and
+    with its transpose), so the :math:`(B, C, Md)` candidates are never written out, nor
+    their gradient (on lfm2k this took a quarter of a BR-MRS step, memory-bound); elsewhere
+    (cuSPARSE's constraints, see :func:`sampled_dot`) it gathers them and uses
+    :func:`block_scores`. A candidate may repeat within a row.
+
+    Shapes:
+        - **rows**: :math:`(B, Md)`; **table**: :math:`(N, Md)`; **index**: :math:`(B, C)`,
+          in :math:`[0, N)`; **output**: :math:`(B, C, M)`.
+    """
+    if index.size(1) > table.size(0) or rows.device.type != "cpu":
+        return block_scores(rows, table[index], blocks)
+    return _SampledBlockScores.apply(rows, table, index, blocks)
+
+
+def _column_blocks(x: Tensor, blocks: int) -> list[Tensor]:
+    return list(x.view(x.size(0), blocks, -1).unbind(1))
+
+
+class _SampledBlockScores(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, rows: Tensor, table: Tensor, index: Tensor, blocks: int) -> Tensor:
+        num_rows, per_row = index.shape
+        # each row's candidates in ascending order, as a CSR matrix's columns should be
+        cols, order = index.sort(1)
+        crow = torch.arange(0, index.numel() + 1, per_row, device=index.device)
+        cols = cols.reshape(-1)
+        pattern = _csr(crow, cols, rows.new_zeros(index.numel()), num_rows, table.size(0))
+        scores = torch.stack([torch.sparse.sampled_addmm(pattern, r, t.T, beta=0.0).values()
+                              for r, t in zip(_column_blocks(rows, blocks),
+                                              _column_blocks(table, blocks))], 1)
+        ctx.save_for_backward(rows, table, crow, cols, order)
+        ctx.blocks = blocks
+        # back to the caller's column order
+        order = order.unsqueeze(-1).expand(-1, -1, blocks)
+        return torch.empty_like(scores).view(num_rows, per_row, blocks).scatter_(
+            1, order, scores.view(num_rows, per_row, blocks))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        rows, table, crow, cols, order = ctx.saved_tensors
+        blocks = ctx.blocks
+        num_rows, per_row = order.shape
+        num_cols = table.size(0)
+        grad = grad.gather(1, order.unsqueeze(-1).expand(-1, -1, blocks)).view(-1, blocks)
+        grad_rows = grad_table = None
+        if ctx.needs_input_grad[0]:
+            grad_rows = torch.cat([torch.sparse.mm(_csr(crow, cols, g, num_rows, num_cols), t)
+                                   for g, t in zip(grad.T.contiguous(),
+                                                   _column_blocks(table, blocks))], 1)
+        if ctx.needs_input_grad[1]:
+            # the transposed pattern: entries by candidate, then by row (a stable sort)
+            by_col = torch.argsort(cols, stable=True)
+            counts = torch.bincount(cols, minlength=num_cols)
+            crow_t = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+            col_t = torch.div(by_col, per_row, rounding_mode="floor")
+            grad_t = grad[by_col].T.contiguous()
+            grad_table = torch.cat([torch.sparse.mm(_csr(crow_t, col_t, g, num_cols, num_rows),
+                                                    r)
+                                    for g, r in zip(grad_t, _column_blocks(rows, blocks))], 1)
+        return grad_rows, grad_table, None, None
+
+
 class EdgeGraph(torch.nn.Module):
     r"""A fixed directed graph whose edge *weights* are computed afresh each step (attention,
     learned pruning), with the per-edge operations such models need done as sparse kernels

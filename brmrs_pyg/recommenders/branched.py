@@ -13,7 +13,7 @@ from brmrs_pyg.config import ConfigError, option
 from brmrs_pyg.evaluation import Scorer
 from brmrs_pyg.losses import CrossModalWeights, cross_modal_objective
 from brmrs_pyg.nn.fusion import Fusion
-from brmrs_pyg.nn.sparse import sampled_dot
+from brmrs_pyg.nn.sparse import block_scores, sampled_block_scores, sampled_dot
 from brmrs_pyg.recommenders.base import Batch, Recommender, gather, row_scores
 from brmrs_pyg.sampling import hardest_in_pool
 
@@ -124,9 +124,10 @@ def side_by_side_scores(users: Tensor, items: Tensor, fusions: tuple[Fusion, Fus
     branches kept side by side, modality ``names[m]`` in columns :math:`[md, (m+1)d)` of
     ``users`` and ``items``, and a fused branch that ``fusions`` (user, item) make of them.
 
-    Every modality is scored in one product per gathered table instead of one per branch;
-    the fused branch fuses the gathered rows only (a fusion acts row by row), never whole
-    tables; and the pool is scored without gradient: :func:`cross_modal_objective` takes
+    The modalities are scored by sampled products (:func:`~brmrs_pyg.nn.sparse.
+    sampled_block_scores`), without writing out their candidates' rows; the fused branch
+    fuses the rows it scores only (a fusion acts row by row), or the whole item table when
+    it has fewer rows; and the pool is scored without gradient: :func:`cross_modal_objective` takes
     gradient from a pool at column 0 (the uniform negative) and at the ``hard_k`` hardest
     candidates of some branch only, so just those columns (and the positives) are scored
     again with gradient, and added to the pool as exact zeros that carry it. The pool's
@@ -164,12 +165,16 @@ def side_by_side_scores(users: Tensor, items: Tensor, fusions: tuple[Fusion, Fus
         same = columns.unsqueeze(2) == columns.unsqueeze(1)
         first = ~(same & same.new_ones(same.shape[1:]).tril(-1)).any(2)
     index = torch.cat([batch.pos.unsqueeze(1), neg.gather(1, columns)], 1)
-    rows = gather(items, index)
-    scored = _block_scores(u, rows, len(names)).unbind(-1)
-    # every column, though only the positive and column 0 are used unless fused_pool:
-    # slicing the rows would cost a zero-filled copy of them in backward
-    fused_i = fusions[1].fuse_columns(rows.view(-1, users.size(1)))
-    fused = _block_scores(fused_u, fused_i.view(*rows.shape[:2], d), 1).squeeze(-1)
+    scored = sampled_block_scores(u, items, index, len(names)).unbind(-1)
+    # the fused branch needs the positive and column 0 only, unless fused_pool
+    fused_index = index if fused_pool else index[:, :2]
+    if items.size(0) <= fused_index.numel():  # fusing the table is less work than the rows
+        fused = sampled_block_scores(fused_u, fusions[1].fuse_columns(items), fused_index, 1)
+    else:
+        rows = gather(items, fused_index)
+        fused_i = fusions[1].fuse_columns(rows.view(-1, users.size(1)))
+        fused = block_scores(fused_u, fused_i.view(*rows.shape[:2], d), 1)
+    fused = fused.squeeze(-1)
     pos = {name: s[:, 0] for name, s in zip(names, scored)}
     pos[FUSED] = fused[:, 0]
     out = {name: _carry_gradient(p, columns, s[:, 1:], first)
@@ -177,31 +182,6 @@ def side_by_side_scores(users: Tensor, items: Tensor, fusions: tuple[Fusion, Fus
     out[FUSED] = (_carry_gradient(pool[-1], columns, fused[:, 1:], first) if fused_pool
                   else fused[:, 1:2])
     return pos, out
-
-
-class _BlockScores(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, user: Tensor, items: Tensor, blocks: int) -> Tensor:
-        ctx.save_for_backward(user, items)
-        batch, columns, width = items.shape
-        ctx.shape = (batch, columns, blocks, width // blocks)
-        return (items.view(ctx.shape) * user.view(batch, 1, blocks, -1)).sum(-1)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
-        user, items = ctx.saved_tensors
-        batch, columns, blocks, _ = ctx.shape
-        grad = grad.unsqueeze(-1)
-        # one product each instead of autograd's broadcast products, sums and expansion
-        grad_user = (grad * items.view(ctx.shape)).sum(1).view(user.shape)
-        grad_items = (grad * user.view(batch, 1, blocks, -1)).view(items.shape)
-        return grad_user, grad_items, None
-
-
-def _block_scores(user: Tensor, items: Tensor, blocks: int) -> Tensor:
-    r"""Per column block, inner products of each user row with its candidates: user
-    :math:`(B, Md)` and items :math:`(B, C, Md)` give :math:`(B, C, M)`."""
-    return _BlockScores.apply(user, items, blocks)
 
 
 def _carry_gradient(pool: Tensor, columns: Tensor, scores: Tensor, first: Tensor) -> Tensor:

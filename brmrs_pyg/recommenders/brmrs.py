@@ -186,9 +186,10 @@ class BRMRS(BranchedRecommender):
                                         self.weights.hard_k,
                                         self.weights.hard_negatives == "fused")
         total, terms = cross_modal_objective(pos, pool, self.weights, FUSED)
-        # the positive and the uniform negative in one lookup
+        # the positive and the uniform negative in one lookup, penalised whole: the norm of
+        # both, without the zero-filled gradients of two slices
         pos_neg = self.item_emb(torch.stack([batch.pos, batch.neg[:, 0]], 1))
-        reg = l2_reg(self.user_emb(batch.users), pos_neg[:, 0], pos_neg[:, 1])
+        reg = l2_reg(self.user_emb(batch.users), pos_neg)
         terms["reg"] = reg.detach()
         return total + self.reg_weight * reg, terms
 
