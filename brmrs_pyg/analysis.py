@@ -66,6 +66,7 @@ from brmrs_pyg.data.mmrec import InteractionData
 from brmrs_pyg.data.synthetic import GroundTruth, read_ground_truth, truth_types
 from brmrs_pyg.interactions import PairIndex
 from brmrs_pyg.io import atomic_write_json
+from brmrs_pyg.losses import warmup_weight
 from brmrs_pyg.pipeline import Paths, data_dir_of
 from brmrs_pyg.recommenders.base import gather, row_scores
 from brmrs_pyg.recommenders.brmrs import FUSED
@@ -323,7 +324,7 @@ def loss_terms(history: list[dict[str, float]], config: dict[str, Any],
                best_epoch: int | None) -> dict[str, Any]:
     r"""What each term of the training loss weighs, from a run's per-epoch ``history``: the
     weighted terms :math:`w_t \ell_t` (weights from :data:`TERM_WEIGHTS` and the run's
-    ``config``), their share of the logged loss at the best and the last epoch, and the term
+    ``config``, the synergy weight ramped over ``syn_warmup`` epochs), their share of the logged loss at the best and the last epoch, and the term
     whose share at the best epoch is above :data:`DOMINANT_SHARE` (``dominant``, or
     ``None``). Shares are given only when the weighted terms add up to the logged loss at
     every epoch (``consistent``); a model whose loss has parts it does not log is reported
@@ -331,7 +332,11 @@ def loss_terms(history: list[dict[str, float]], config: dict[str, Any],
     terms = [k for k in (history[0] if history else {})
              if k not in ("epoch", "loss") and "@" not in k]
     weights = {t: float(config.get(TERM_WEIGHTS.get(t, ""), 1.0)) for t in terms}
-    weighted = {t: [weights[t] * row[t] for row in history] for t in terms}
+    warmup = int(config.get("syn_warmup", 0) or 0)  # the synergy weight's ramp, if any
+
+    def weight(term: str, epoch: int) -> float:
+        return weights[term] * (warmup_weight(epoch, warmup) if term == "syn" else 1.0)
+    weighted = {t: [weight(t, row["epoch"]) * row[t] for row in history] for t in terms}
     totals = [row["loss"] for row in history]
     consistent = bool(history) and all(
         abs(sum(weighted[t][e] for t in terms) - total) <= 1e-3 * abs(total) + 1e-4

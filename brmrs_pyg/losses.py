@@ -223,6 +223,18 @@ def synergy_loss(pos_fused: Tensor, neg_fused: Tensor, pos: Mapping[str, Tensor]
     return -F.logsigmoid(pos_fused - neg_fused - reference - theta).mean()
 
 
+def warmup_weight(epoch: int, warmup: int) -> float:
+    r"""The factor of a loss weight that rises linearly over the first ``warmup`` epochs,
+    :math:`\min(1, e / (W + 1))` at (1-based) epoch :math:`e`: never zero, so the term is
+    computed and logged from the first epoch, and whole from epoch :math:`W + 1`; 1 when
+    ``warmup`` is 0.
+
+    >>> [warmup_weight(e, 3) for e in range(1, 6)]
+    [0.25, 0.5, 0.75, 1.0, 1.0]
+    """
+    return min(1.0, epoch / (warmup + 1)) if warmup > 0 else 1.0
+
+
 @dataclass(frozen=True)
 class CrossModalWeights:
     r"""Weights of the BR-MRS objective (:func:`cross_modal_objective`).

@@ -212,6 +212,20 @@ def test_loss_terms_weights_shares_and_dominant_term_by_hand():
     assert analysis.loss_terms(brmrs_history(), config, best_epoch=2)["dominant"] == "syn"
 
 
+def test_loss_terms_weigh_the_synergy_term_by_its_warm_up():
+    # syn_warmup=1: the synergy weight is half of lambda_s in epoch 1, whole from epoch 2;
+    # the logged loss of epoch 1 is then 0.6 + 0.6 + 2 * 0.5 * 0.3 + 0.1 = 1.6
+    history = brmrs_history()
+    history[0]["loss"] = 1.6
+    config = {"lambda_bpr": 1.0, "lambda_h": 0.5, "lambda_s": 2.0, "reg_weight": 0.01,
+              "syn_warmup": 1}
+    out = analysis.loss_terms(history, config, best_epoch=1)
+    assert out["consistent"] and out["weighted"]["syn"] == pytest.approx([0.3, 1.8])
+    assert out["share_at_best"]["syn"] == pytest.approx(0.3 / 1.6)
+    # read without the warm-up, the same history does not add up
+    assert not analysis.loss_terms(history, {**config, "syn_warmup": 0}, 1)["consistent"]
+
+
 def test_loss_terms_without_matching_weights_gives_raw_terms_only():
     # a loss with a part the history does not log (or weights not in the config)
     out = analysis.loss_terms(brmrs_history(), {"lambda_h": 0.5}, best_epoch=2)

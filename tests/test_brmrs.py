@@ -201,3 +201,39 @@ def test_pipeline_caches_the_feature_bases(project, tmp_path, monkeypatch):
     for m in ("m0", "m1"):
         assert torch.equal(getattr(first, f"feat_{m}"), expected[m])
         assert torch.equal(getattr(second, f"feat_{m}"), expected[m])
+
+
+def test_synergy_warm_up_ramps_lambda_s_by_epoch_and_a_restored_model_goes_on_with_it():
+    data = tiny_data()
+    train = PairIndex.from_edges(data.train, data.num_users, data.num_items)
+    users, pos = data.train
+    batch = Batch(users, pos, sample_negatives(users, train, 10,
+                                               torch.Generator().manual_seed(0)))
+    model = build(data, syn_warmup=3, lambda_s=2.0)
+    states = []
+    for epoch, factor in enumerate([0.25, 0.5, 0.75, 1.0, 1.0], start=1):
+        model.start_epoch()
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        assert int(model.epochs_started) == epoch
+        assert model.weights.lambda_s == pytest.approx(2.0 * factor)
+        # the same loss as a model without warm-up at this epoch's weight
+        reference = build(data, lambda_s=2.0 * factor)
+        reference.load_state_dict(model.state_dict(), strict=False)
+        assert model.loss(batch)[0].item() == pytest.approx(reference.loss(batch)[0].item())
+    assert model.full_weights.lambda_s == 2.0
+    restored = build(data, syn_warmup=3, lambda_s=2.0)
+    restored.load_state_dict(states[1])  # after epoch 2
+    assert restored.weights.lambda_s == pytest.approx(1.0)
+    restored.start_epoch()
+    assert restored.weights.lambda_s == pytest.approx(1.5)
+    # without a warm-up the state dict has no counter (checkpoints from before load as they did)
+    assert "epochs_started" not in build(data).state_dict()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"syn_warmup": -1}, "syn_warmup must be >= 0"),
+    ({"syn_warmup": 2, "lambda_s": 0.0}, "lambda_s=0 turns it off"),
+])
+def test_synergy_warm_up_refuses_meaningless_settings(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build(tiny_data(), **overrides)

@@ -31,8 +31,10 @@ from brmrs_pyg.cli import main
 raise SystemExit(main(sys.argv[1:], root=Path({root!r})))
 """
 
-ARGS = ["--dataset", "tiny", "--seed", "5", "--epochs", "10", "batch_size=128", "patience=100",
-        "checkpoint_every=2"]
+# BR-MRS with its synergy weight ramped over the first 6 epochs: a resumed run must go on
+# with the ramp where it stopped
+ARGS = ["--dataset", "tiny", "--model", "brmrs", "--seed", "5", "--epochs", "10",
+        "batch_size=128", "patience=100", "checkpoint_every=2", "syn_warmup=6"]
 
 
 def run_args(project, out):

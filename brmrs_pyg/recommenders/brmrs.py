@@ -2,7 +2,7 @@ r"""BR-MRS: per-modality graph channels, a fused branch, and the two BPR reformu
 (cross-modal hard negative sampling and synergy-aware BPR), DESIGN section 1."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -11,7 +11,7 @@ from torch_geometric.data import HeteroData
 
 from brmrs_pyg.config import ConfigError, option
 from brmrs_pyg.losses import (NEGATIVE_SOURCES, CrossModalWeights, cross_modal_objective,
-                              l2_reg)
+                              l2_reg, warmup_weight)
 from brmrs_pyg.nn.backbones import BACKBONES
 from brmrs_pyg.nn.features import prepare_features
 from brmrs_pyg.nn.fusion import FUSIONS
@@ -42,6 +42,8 @@ class BRMRSParams(CrossModalParams):
                                          "'chns' (the other modalities), 'fused', a modality's "
                                          "name, or 'uniform' (no hard negatives)")
     reg_weight: float = option(1e-2, "weight of the L2 penalty on the batch's ID embeddings")
+    syn_warmup: int = option(0, "epochs over which the synergy loss's weight rises linearly "
+                                "to lambda_s (0: whole from the first epoch)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -50,6 +52,11 @@ class BRMRSParams(CrossModalParams):
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.num_layers < 0 or self.ii_layers < 0 or self.feature_dim < 0:
             raise ConfigError("num_layers, ii_layers and feature_dim must be >= 0")
+        if self.syn_warmup < 0:
+            raise ConfigError(f"syn_warmup must be >= 0, got {self.syn_warmup}")
+        if self.syn_warmup and not self.lambda_s:
+            raise ConfigError("syn_warmup ramps up the synergy loss, and lambda_s=0 turns it "
+                              "off: set lambda_s > 0 or syn_warmup=0")
 
 
 @MODELS.register("brmrs")
@@ -75,7 +82,9 @@ class BRMRS(BranchedRecommender):
     product and the fused score ranks. Sharing the ID embeddings makes each channel a full
     collaborative model that differs from the others only by its modality, which is what
     lets CHNS compare their confusions. The loss is :func:`cross_modal_objective` plus L2 on
-    the batch's ID embeddings.
+    the batch's ID embeddings. With ``syn_warmup`` :math:`W > 0` the synergy weight at epoch
+    :math:`e` is :math:`\lambda_s \min(1, e / (W + 1))`
+    (:func:`~brmrs_pyg.losses.warmup_weight`).
 
     Cold items (``split=cold_items``): :math:`\mathbf{e}_i = \mathbf{0}`, so
     :math:`\mathbf{q}^{(m,0)}_i = \mathbf{W}_m \mathbf{x}^m_i`, which reaches the item's
@@ -113,6 +122,15 @@ class BRMRS(BranchedRecommender):
         self.weights = CrossModalWeights(params.lambda_bpr, params.lambda_h, params.lambda_s,
                                          params.theta, params.hard_k, params.syn_ref_grad,
                                          params.hard_negatives)
+        #: The objective's weights once warmed up; :attr:`weights` are this epoch's.
+        self.full_weights = self.weights
+        self.syn_warmup = params.syn_warmup
+        if self.syn_warmup:
+            # epochs begun, checkpointed with the parameters: a resumed run goes on with the
+            # ramp where it stopped (a buffer only with a warm-up, so that runs without one
+            # keep their state dicts)
+            self.register_buffer("epochs_started", torch.zeros((), dtype=torch.long))
+            self._warm_up()
         self.reg_weight = params.reg_weight
         self.num_negatives = params.pool_size if params.lambda_h else 1
         self.user_emb = torch.nn.Embedding(num_users, embedding_dim)
@@ -150,6 +168,23 @@ class BRMRS(BranchedRecommender):
         self.channels.reset_parameters()
         self.user_fusion.reset_parameters()
         self.item_fusion.reset_parameters()
+
+    def start_epoch(self) -> None:
+        if self.syn_warmup:
+            self.epochs_started += 1
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        epoch = max(1, int(self.epochs_started))  # once per epoch: a GPU may synchronise
+        self.weights = replace(self.full_weights, lambda_s=self.full_weights.lambda_s
+                               * warmup_weight(epoch, self.syn_warmup))
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False
+                        ) -> Any:
+        out = super().load_state_dict(state_dict, strict, assign)
+        if self.syn_warmup:
+            self._warm_up()  # the weights of the restored epoch
+        return out
 
     def channel_tables(self) -> tuple[Tensor, Tensor]:
         r"""User and item tables of every modality channel, side by side
