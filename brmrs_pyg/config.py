@@ -30,6 +30,11 @@ PLUGINS = ("brmrs",)
 #: Train/valid/test protocols (``split``): the dataset's own ``x_label`` split, or cold-start
 #: items (:func:`brmrs_pyg.data.coldstart.cold_item_split`).
 SPLIT_PROTOCOLS = ("given", "cold_items")
+#: Keys added after runs and searches had been stored, each with the value that keeps the
+#: behaviour from before it existed. A stored config (a checkpoint's, a search's identity)
+#: without such a key is read as holding that value, so that a run interrupted, or a search
+#: stored, before the key existed is still resumed and found.
+ADDED_KEYS: dict[str, Any] = {"syn_warmup": 0}
 
 
 class ConfigError(ValueError):

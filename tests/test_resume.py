@@ -156,3 +156,14 @@ def test_resume_refuses_another_output_folder(project, finished_run, tmp_path, c
     assert main(["--resume", str(finished_run), "--out", str(tmp_path / "x")],
                 root=project) == 2
     assert "drop --out" in capsys.readouterr().err
+
+
+def test_a_key_added_since_the_checkpoint_counts_as_its_former_value(tmp_path):
+    from brmrs_pyg.checkpoint import ResumeError, check_config
+    # a checkpoint written before syn_warmup existed
+    payload = {"meta": {"config": {"model": "brmrs", "lambda_s": 1.0}}}
+    check_config(payload, {"model": "brmrs", "lambda_s": 1.0, "syn_warmup": 0}, tmp_path)
+    with pytest.raises(ResumeError, match="syn_warmup: 0 in the checkpoint, 5 now"):
+        check_config(payload, {"model": "brmrs", "lambda_s": 1.0, "syn_warmup": 5}, tmp_path)
+    with pytest.raises(ResumeError, match="lambda_s"):
+        check_config(payload, {"model": "brmrs", "lambda_s": 0.5, "syn_warmup": 0}, tmp_path)

@@ -334,3 +334,21 @@ def test_an_sqlite_study_on_several_machines_is_warned_about(project, tmp_path, 
                                                            ClusterOfTwo()))
     optimize_on_workers(settings, open_study(settings, identity(settings)))
     assert "the workers run on 2 machines" in caplog.text and "postgresql" in caplog.text
+
+
+@pytest.mark.needs_extra("search")
+def test_an_added_key_at_its_former_value_leaves_a_search_identity_unchanged(project, tmp_path):
+    from brmrs_pyg.experiments.search import SearchSettings, identity, study_name
+    space = {"reg_weight": [1e-2, 1e-3]}
+
+    def ident(**overrides):
+        settings = settings_for(project, tmp_path / "s", space=space, overrides=overrides)
+        return identity(SearchSettings(settings.runner, "brmrs", space, 2, settings.out,
+                                       (999,)))
+    default = ident()
+    # syn_warmup (added later) at 0 is not in the identity: a study stored before it existed
+    # keeps its name; any other value makes another search
+    assert "syn_warmup" not in default["config"] and "lambda_s" in default["config"]
+    assert ident(syn_warmup=0) == default
+    assert ident(syn_warmup=5)["config"]["syn_warmup"] == 5
+    assert study_name(ident(syn_warmup=5)) != study_name(default)

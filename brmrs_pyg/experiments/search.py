@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from brmrs_pyg import pipeline
 from brmrs_pyg.checkpoint import RESUMABLE_KEYS
-from brmrs_pyg.config import Config
+from brmrs_pyg.config import ADDED_KEYS, Config
 from brmrs_pyg.io import FileLock, process_running
 from brmrs_pyg.train import TrainingError
 
@@ -160,10 +160,13 @@ def check_space(settings: SearchSettings) -> None:
 
 def identity(settings: SearchSettings) -> dict[str, Any]:
     r"""What makes two commands the same search: the resolved config of the first trial's
-    base (without machine-local keys such as ``threads``) and the space."""
+    base (without machine-local keys such as ``threads``, nor keys of
+    :data:`~brmrs_pyg.config.ADDED_KEYS` at their former value, so that a study stored before
+    they existed keeps its name) and the space."""
     base = settings.config({}, settings.seeds[0]).flat()
     return {"config": {k: v for k, v in base.items()
-                       if k not in MACHINE_KEYS and k not in settings.space},
+                       if k not in MACHINE_KEYS and k not in settings.space
+                       and not (k in ADDED_KEYS and v == ADDED_KEYS[k])},
             "space": {k: dataclasses.asdict(d) if isinstance(d, Range) else list(d)
                       for k, d in settings.space.items()}}
 
