@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from brmrs_pyg import __version__
-from brmrs_pyg.config import ADDED_KEYS
+from brmrs_pyg.config import with_added_keys
 from brmrs_pyg.io import atomic_torch_save
 from brmrs_pyg.recommenders.base import Recommender
 
@@ -143,8 +143,7 @@ def check_config(payload: Mapping[str, Any], config: Mapping[str, Any], path: Pa
     the checkpoint only in :data:`RESUMABLE_KEYS` (a key of
     :data:`~brmrs_pyg.config.ADDED_KEYS` missing from the saved config counts as its value
     there)."""
-    # a key added since the checkpoint was written holds its former behaviour there
-    saved = {**{k: v for k, v in ADDED_KEYS.items() if k in config}, **payload["meta"]["config"]}
+    saved = with_added_keys(payload["meta"]["config"], config)
     changed = sorted(k for k in set(saved) | set(config)
                      if k not in RESUMABLE_KEYS and saved.get(k) != config.get(k))
     if changed:

@@ -37,6 +37,13 @@ SPLIT_PROTOCOLS = ("given", "cold_items")
 ADDED_KEYS: dict[str, Any] = {"syn_warmup": 0}
 
 
+def with_added_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
+    r"""A stored flat config ``saved`` with every key of :data:`ADDED_KEYS` that ``current``
+    has and ``saved`` lacks set to its former value: the two then compare equal when only
+    such a key, at that value, tells them apart."""
+    return {**{k: v for k, v in ADDED_KEYS.items() if k in current}, **saved}
+
+
 class ConfigError(ValueError):
     r"""A configuration key or value that cannot be used, with the reason and the valid keys."""
 

@@ -149,6 +149,21 @@ def test_runner_skips_finished_runs_and_resumes_an_interrupted_one(project, tmp_
     assert resumed.results["test"] == uninterrupted.results["test"]
 
 
+def test_a_finished_run_from_before_an_added_key_is_read_back(project, tmp_path, count_runs):
+    runner = make_runner(project, tmp_path, epochs=1)
+    record, _ = runner.run_one(Variant.of("brmrs"), 1)
+    results = json.loads((record.folder / "results.json").read_text())
+    del results["config"]["syn_warmup"]  # as written before syn_warmup existed
+    (record.folder / "results.json").write_text(json.dumps(results))
+    count_runs.clear()
+    runner.run_one(Variant.of("brmrs"), 1)
+    assert count_runs == []  # read back at its former value (0), not trained again
+    results["config"]["syn_warmup"] = 3
+    (record.folder / "results.json").write_text(json.dumps(results))
+    with pytest.raises(SuiteError, match="syn_warmup: 3 there, 0 now"):
+        runner.run_one(Variant.of("brmrs"), 1)
+
+
 def test_a_finished_run_of_another_config_is_an_error(project, tmp_path):
     runner = make_runner(project, tmp_path, epochs=1)
     record, _ = runner.run_one(Variant.of("lightgcn"), 1)

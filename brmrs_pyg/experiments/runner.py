@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from brmrs_pyg import pipeline
 from brmrs_pyg.checkpoint import RESUMABLE_KEYS
-from brmrs_pyg.config import Config, ConfigError
+from brmrs_pyg.config import Config, ConfigError, with_added_keys
 from brmrs_pyg.train import TrainingError
 
 from .executor import Executor, Outcome, Slot, seconds_per_run
@@ -303,6 +303,7 @@ def _slug(text: str, limit: int = 100) -> str:
 def _check_same_config(saved: Mapping[str, Any], wanted: Mapping[str, Any], path: Path
                        ) -> None:
     ignored = RESUMABLE_KEYS | {"out"}
+    saved = with_added_keys(saved, wanted)
     diff = sorted(k for k in set(saved) | set(wanted)
                   if k not in ignored and saved.get(k) != wanted.get(k))
     if diff:
