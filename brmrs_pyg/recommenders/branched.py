@@ -4,7 +4,7 @@ plug-in that attaches CHNS and the synergy-aware BPR to any of them (DESIGN sect
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar, Mapping
 
 import torch
 from torch import Tensor
