@@ -336,7 +336,7 @@ def loss_terms(history: list[dict[str, float]], config: dict[str, Any],
 
     def weight(term: str, epoch: int) -> float:
         return weights[term] * (warmup_weight(epoch, warmup) if term == "syn" else 1.0)
-    weighted = {t: [weight(t, row["epoch"]) * row[t] for row in history] for t in terms}
+    weighted = {t: [weight(t, int(row["epoch"])) * row[t] for row in history] for t in terms}
     totals = [row["loss"] for row in history]
     consistent = bool(history) and all(
         abs(sum(weighted[t][e] for t in terms) - total) <= 1e-3 * abs(total) + 1e-4

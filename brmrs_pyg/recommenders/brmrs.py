@@ -101,6 +101,8 @@ class BRMRS(BranchedRecommender):
     """
 
     Params = BRMRSParams
+    #: Epochs begun (only with ``syn_warmup > 0``).
+    epochs_started: Tensor
     uses_item_graphs = True
     uses_user_graph = True
     supports_cold_items = True
