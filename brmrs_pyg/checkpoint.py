@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from brmrs_pyg import __version__
-from brmrs_pyg.config import with_added_keys
+from brmrs_pyg.config import config_changes
 from brmrs_pyg.io import atomic_torch_save
 from brmrs_pyg.recommenders.base import Recommender
 
@@ -143,12 +143,9 @@ def check_config(payload: Mapping[str, Any], config: Mapping[str, Any], path: Pa
     the checkpoint only in :data:`RESUMABLE_KEYS` (a key of
     :data:`~brmrs_pyg.config.ADDED_KEYS` missing from the saved config counts as its value
     there)."""
-    saved = with_added_keys(payload["meta"]["config"], config)
-    changed = sorted(k for k in set(saved) | set(config)
-                     if k not in RESUMABLE_KEYS and saved.get(k) != config.get(k))
+    changed = config_changes(payload["meta"]["config"], config, RESUMABLE_KEYS)
     if changed:
-        diff = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {config.get(k)!r} now"
-                         for k in changed)
+        diff = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in changed)
         raise ResumeError(f"cannot resume {path}: the config differs ({diff}). A resumed run "
                           f"continues the interrupted one; only "
                           f"{', '.join(sorted(RESUMABLE_KEYS))} may change. To train with "

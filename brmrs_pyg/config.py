@@ -37,11 +37,16 @@ SPLIT_PROTOCOLS = ("given", "cold_items")
 ADDED_KEYS: dict[str, Any] = {"syn_warmup": 0}
 
 
-def with_added_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
-    r"""A stored flat config ``saved`` with every key of :data:`ADDED_KEYS` that ``current``
-    has and ``saved`` lacks set to its former value: the two then compare equal when only
-    such a key, at that value, tells them apart."""
-    return {**{k: v for k, v in ADDED_KEYS.items() if k in current}, **saved}
+def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any],
+                   ignored: frozenset[str] | set[str] = frozenset()
+                   ) -> list[tuple[str, Any, Any]]:
+    r"""``(key, saved value, current value)`` for every key outside ``ignored`` whose value
+    differs between a stored flat config ``saved`` and ``current``, by key; a key of
+    :data:`ADDED_KEYS` that ``current`` has and ``saved`` lacks counts as its former value
+    in ``saved``."""
+    saved = {**{k: v for k, v in ADDED_KEYS.items() if k in current}, **saved}
+    return [(k, saved.get(k), current.get(k)) for k in sorted(set(saved) | set(current))
+            if k not in ignored and saved.get(k) != current.get(k)]
 
 
 class ConfigError(ValueError):

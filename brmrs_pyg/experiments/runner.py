@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from brmrs_pyg import pipeline
 from brmrs_pyg.checkpoint import RESUMABLE_KEYS
-from brmrs_pyg.config import Config, ConfigError, with_added_keys
+from brmrs_pyg.config import Config, ConfigError, config_changes
 from brmrs_pyg.train import TrainingError
 
 from .executor import Executor, Outcome, Slot, seconds_per_run
@@ -302,12 +302,9 @@ def _slug(text: str, limit: int = 100) -> str:
 
 def _check_same_config(saved: Mapping[str, Any], wanted: Mapping[str, Any], path: Path
                        ) -> None:
-    ignored = RESUMABLE_KEYS | {"out"}
-    saved = with_added_keys(saved, wanted)
-    diff = sorted(k for k in set(saved) | set(wanted)
-                  if k not in ignored and saved.get(k) != wanted.get(k))
+    diff = config_changes(saved, wanted, RESUMABLE_KEYS | {"out"})
     if diff:
-        detail = "; ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in diff)
+        detail = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diff)
         raise SuiteError(f"{path} is a finished run of another config ({detail}): give the "
                          f"suite another --out, or delete that folder to run it again")
 

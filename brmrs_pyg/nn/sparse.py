@@ -108,6 +108,13 @@ def bipartite_blocks(adj_t: Tensor, num_users: int) -> tuple[Tensor, Tensor] | N
     return users, items
 
 
+def _can_sample(rows: Tensor, table: Tensor, index: Tensor) -> bool:
+    r"""Whether ``torch.sparse.sampled_addmm`` can score ``index``: it refuses more pairs
+    per row than the table has rows, and on a GPU (cuSPARSE) it is not known to accept
+    repeated or unsorted columns (the gather is fast there)."""
+    return index.size(1) <= table.size(0) and rows.device.type == "cpu"
+
+
 @torch.no_grad()
 def sampled_dot(rows: Tensor, table: Tensor, index: Tensor) -> Tensor:
     r"""Inner products of each row with its own candidates among the rows of a table,
@@ -126,9 +133,7 @@ def sampled_dot(rows: Tensor, table: Tensor, index: Tensor) -> Tensor:
     [[7.0, 3.0, 7.0]]
     """
     num_rows, per_row = index.shape
-    # sampled_addmm refuses more pairs than the matrix has entries; on a GPU (cuSPARSE) it
-    # is not known to accept repeated or unsorted columns, and the gather is fast there
-    if per_row > table.size(0) or rows.device.type != "cpu":
+    if not _can_sample(rows, table, index):
         return (rows.unsqueeze(1) * table[index]).sum(-1)
     crow = torch.arange(0, index.numel() + 1, per_row, device=index.device)
     pattern = _csr(crow, index.reshape(-1), rows.new_zeros(index.numel()), num_rows,
@@ -177,7 +182,7 @@ def sampled_block_scores(rows: Tensor, table: Tensor, index: Tensor, blocks: int
         - **rows**: :math:`(B, Md)`; **table**: :math:`(N, Md)`; **index**: :math:`(B, C)`,
           in :math:`[0, N)`; **output**: :math:`(B, C, M)`.
     """
-    if index.size(1) > table.size(0) or rows.device.type != "cpu":
+    if not _can_sample(rows, table, index):
         return block_scores(rows, table[index], blocks)
     return _SampledBlockScores.apply(rows, table, index, blocks)
 
