@@ -13,7 +13,7 @@ from brmrs_pyg import pipeline
 from brmrs_pyg.cli import main
 from brmrs_pyg.config import ConfigError
 from brmrs_pyg.experiments import tuned
-from brmrs_pyg.experiments.grid import card_grid
+from brmrs_pyg.experiments.grid import Range, card_grid, grid_points
 from brmrs_pyg.experiments.runner import RunRecord, Variant
 from brmrs_pyg.nn.fusion import FUSIONS
 from brmrs_pyg.recommenders import MODELS
@@ -85,6 +85,23 @@ def test_the_space_is_the_card_grid_minus_fixed_and_common_keys(project, tmp_pat
     assert (overrides["fusion"], overrides["theta"], overrides["pool_size"]) == (
         "concat", "0.2", "5")
     assert settings.config({}, 1).model.fusion == "concat"
+
+
+def test_a_grid_no_larger_than_the_budget_is_searched_whole(project, tmp_path):
+    # lightgcn's card grid has 3 x 3 points: with 20 trials TPE would repeat points (each
+    # repeat trains the same run again), so the grid sampler tries each point once
+    runner = make_runner(project, tmp_path)
+    grid = card_grid("lightgcn", runner.settings.paths)
+    size = len(grid_points(grid))
+    assert size == 9
+    for trials, expected in ((20, ("grid", 9)), (9, ("grid", 9)), (8, ("tpe", 8))):
+        ctx = tuned.TunedContext(runner, (1,), models=("lightgcn",), trials=trials,
+                                 pruner="none")
+        settings = tuned.search_settings(ctx, tuned.parse_entry("lightgcn"))
+        assert (settings.sampler, settings.trials) == expected
+    # a space with a range cannot be enumerated: TPE with the budget
+    assert tuned.sampler_and_trials({"a": [1, 2], "b": Range(0.0, 1.0)}, 20) == ("tpe", 20)
+    assert tuned.sampler_and_trials({}, 20) == ("tpe", 20)
 
 
 # --- the suite end to end ------------------------------------------------------------------

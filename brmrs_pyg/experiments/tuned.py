@@ -5,7 +5,8 @@ A variant is a model with optional fixed keys, written ``model`` or
 Each variant is searched like ``run.py search --space card`` (:func:`.search.search`, not a
 copy of it) into ``<out>/<label>/``: the same trials, sampler (TPE), pruner, epochs and seeds
 for all, over its model card's ``grid:`` block minus the keys the variant fixes and the keys
-set for every run. The best point by valid (never test) runs on every seed; the table has one
+set for every run. A grid with no more points than the trials is searched whole instead,
+each point once (:func:`sampler_and_trials`): TPE would only repeat points there. The best point by valid (never test) runs on every seed; the table has one
 row per variant. Re-running continues unfinished searches and trains nothing for finished
 ones (the study in each ``study.db`` counts its finished trials).
 
@@ -32,7 +33,8 @@ from .grid import Grid, card_grid
 from .report import SIGNIFICANCE_NOTE, TABLE_METRICS, TableRow, bar_plot, write_tables
 from .runner import (SUITE_KEYS, RunRecord, Runner, Summary, Variant, _slug, override_text,
                      summarize)
-from .search import SearchSettings, import_optuna, search
+from .grid import Range
+from .search import SearchSettings, grid_size, import_optuna, search
 from .suites import SUITES, SuiteContext, compare_to, mean_valid, runs_json, summary_json
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,8 @@ class SearchSummary:
         failed (int): Of those, failed in training.
         cpu_core_hours (float): The cost (:func:`cpu_core_hours`).
         study (str, optional): The Optuna study's name. (default: ``""``)
+        sampler (str, optional): The sampler (:func:`sampler_and_trials`); ``""`` when
+            nothing was tuned. (default: ``""``)
     """
 
     folder: str
@@ -86,6 +90,7 @@ class SearchSummary:
     failed: int
     cpu_core_hours: float
     study: str = ""
+    sampler: str = ""
 
     @property
     def point_text(self) -> str:
@@ -172,18 +177,36 @@ def space_of(variant: Variant, runner: Runner) -> Grid:
     return {k: d for k, d in card_grid(variant.model, s.paths).items() if k not in fixed}
 
 
+def sampler_and_trials(space: Grid, trials: int) -> tuple[str, int]:
+    r"""The sampler and finished trials of a search over ``space`` with a budget of
+    ``trials``: the whole grid, each point once (``grid``), when it has no more points than
+    that (a repeated point trains the same run again); otherwise ``trials`` of
+    :data:`SAMPLER`.
+
+    >>> sampler_and_trials({"a": [1, 2, 3]}, 20), sampler_and_trials({"a": [1, 2, 3]}, 2)
+    (('grid', 3), ('tpe', 2))
+    """
+    if space and not any(isinstance(d, Range) for d in space.values()):
+        size = grid_size(space)
+        if size <= trials:
+            return "grid", size
+    return SAMPLER, trials
+
+
 def search_settings(ctx: TunedContext, variant: Variant) -> SearchSettings:
     r"""The settings of ``run.py search --model M --space card --trials N --pruner P
     --seeds ... --out <out>/<label>`` with the suite's ``key=value`` and the variant's
-    fixed keys."""
+    fixed keys, the sampler and trials of :func:`sampler_and_trials`."""
     s = ctx.runner.settings
     out = s.out / _slug(variant.name)
     overrides = {**s.overrides, **s.model_overrides.get(variant.model, {}),
                  **dict(variant.overrides)}
     runner = Runner(dataclasses.replace(s, out=out / "best", overrides=overrides,
                                         model_overrides={}), ctx.runner.executor)
-    return SearchSettings(runner, variant.model, space_of(variant, ctx.runner), ctx.trials,
-                          out, ctx.seeds, SAMPLER, ctx.pruner)
+    space = space_of(variant, ctx.runner)
+    sampler, trials = sampler_and_trials(space, ctx.trials)
+    return SearchSettings(runner, variant.model, space, trials, out, ctx.seeds, sampler,
+                          ctx.pruner)
 
 
 def cpu_core_hours(trials: Sequence[Mapping[str, Any]], folder: Path) -> float:
@@ -229,7 +252,8 @@ def tune(ctx: TunedContext, variant: Variant) -> Tuned:
     summary = SearchSummary(str(settings.out), list(settings.space), content["best"]["params"],
                             sum(s in ("complete", "pruned", "failed") for s in states),
                             states.count("pruned"), states.count("failed"),
-                            cpu_core_hours(content["trials"], settings.out), content["study"])
+                            cpu_core_hours(content["trials"], settings.out), content["study"],
+                            settings.sampler)
     return Tuned(variant, records_of(variant, content["best"]["seeds"]), summary)
 
 
@@ -300,9 +324,12 @@ def tuned_suite(ctx: SuiteContext) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the search's lines replace its own
     tuned = []
     for i, variant in enumerate(variants, 1):
-        log.info("[tuned %d/%d] %s: %d trials, sampler %s, pruner %s, over %s", i,
-                 len(variants), variant.name, ctx.trials, SAMPLER, ctx.pruner,
-                 ", ".join(space_of(variant, ctx.runner)) or "nothing (fixed point)")
+        space = space_of(variant, ctx.runner)
+        sampler, trials = sampler_and_trials(space, ctx.trials)
+        log.info("[tuned %d/%d] %s: %d trials, sampler %s%s, pruner %s, over %s", i,
+                 len(variants), variant.name, trials, sampler,
+                 " (the whole grid)" if sampler == "grid" else "", ctx.pruner,
+                 ", ".join(space) or "nothing (fixed point)")
         tuned.append(tune(ctx, variant))
     return report(ctx, tuned)
 
@@ -318,7 +345,8 @@ def report(ctx: TunedContext, tuned: Sequence[Tuned]) -> dict[str, Any]:
     fixed = [t.variant.name for t in tuned if not t.search.space]
     notes = [f"Equal budget: each variant searched on valid (seed {ctx.seeds[0]}) with "
              f"{ctx.trials} finished trials, sampler {SAMPLER}, pruner {ctx.pruner}, over its "
-             "model card's grid: block minus the keys it fixes and those set for every run; "
+             "model card's grid: block minus the keys it fixes and those set for every run "
+             f"(a grid of at most {ctx.trials} points searched whole, each point once); "
              "the best complete trial by valid (never test) then on every seed. point: the "
              "chosen values; trials: finished trials, of which pruned; valid_*: the mean valid "
              "score selected on.", COST_NOTE]
