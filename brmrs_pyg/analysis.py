@@ -316,6 +316,8 @@ def analyze_run(run_dir: Path, paths: Paths, ks: tuple[int, ...] = (10, 20),
 #: any other term is counted with weight 1, which :func:`loss_terms` checks against the
 #: logged total.
 TERM_WEIGHTS = {"bpr": "lambda_bpr", "chns": "lambda_h", "syn": "lambda_s", "reg": "reg_weight"}
+#: The terms that ``balance_terms`` scales to the fused BPR (``bpr``).
+BALANCED_TERMS = ("chns", "syn")
 #: Share of the loss above which a term is reported as dominating it.
 DOMINANT_SHARE = 0.5
 
@@ -324,7 +326,8 @@ def loss_terms(history: list[dict[str, float]], config: dict[str, Any],
                best_epoch: int | None) -> dict[str, Any]:
     r"""What each term of the training loss weighs, from a run's per-epoch ``history``: the
     weighted terms :math:`w_t \ell_t` (weights from :data:`TERM_WEIGHTS` and the run's
-    ``config``, the synergy weight ramped over ``syn_warmup`` epochs), their share of the
+    ``config``, the synergy weight ramped over ``syn_warmup`` epochs, the terms scaled to the
+    fused BPR with ``balance_terms``), their share of the
     logged loss at the best and the last epoch, and the term whose share at the best epoch
     is above :data:`DOMINANT_SHARE` (``dominant``, or ``None``). Shares are given only when the weighted terms add up to the logged loss at
     every epoch (``consistent``); a model whose loss has parts it does not log is reported
@@ -333,10 +336,14 @@ def loss_terms(history: list[dict[str, float]], config: dict[str, Any],
              if k not in ("epoch", "loss") and "@" not in k]
     weights = {t: float(config.get(TERM_WEIGHTS.get(t, ""), 1.0)) for t in terms}
     warmup = int(config.get("syn_warmup", 0) or 0)  # the synergy weight's ramp, if any
+    # balance_terms: each step's CHNS and synergy terms are scaled to that step's fused BPR,
+    # so their epoch means are their weights times the BPR's
+    balanced = {t for t in BALANCED_TERMS if config.get("balance_terms") and "bpr" in terms}
 
     def weight(term: str, epoch: int) -> float:
         return weights[term] * (warmup_weight(epoch, warmup) if term == "syn" else 1.0)
-    weighted = {t: [weight(t, int(row["epoch"])) * row[t] for row in history] for t in terms}
+    weighted = {t: [weight(t, int(row["epoch"])) * row["bpr" if t in balanced else t]
+                    for row in history] for t in terms}
     totals = [row["loss"] for row in history]
     consistent = bool(history) and all(
         abs(sum(weighted[t][e] for t in terms) - total) <= 1e-3 * abs(total) + 1e-4

@@ -34,7 +34,7 @@ SPLIT_PROTOCOLS = ("given", "cold_items")
 #: behaviour from before it existed. A stored config (a checkpoint's, a search's identity)
 #: without such a key is read as holding that value, so that a run interrupted, or a search
 #: stored, before the key existed is still resumed and found.
-ADDED_KEYS: dict[str, Any] = {"syn_warmup": 0}
+ADDED_KEYS: dict[str, Any] = {"syn_warmup": 0, "balance_terms": False}
 
 
 def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any],

@@ -248,6 +248,8 @@ class CrossModalWeights:
         reference_grad (bool): Whether the synergy reference margin receives gradient.
         hard_negatives (str): Who picks the hard negatives, see :func:`hard_negative_loss`
             (``"chns"``: the paper's cross-modal assignment).
+        balance (bool): Whether CHNS and the synergy loss are scaled, each step, to the
+            fused BPR's value (:func:`cross_modal_objective`).
     """
 
     lambda_bpr: float = 1.0
@@ -257,6 +259,7 @@ class CrossModalWeights:
     hard_k: int = 1
     reference_grad: bool = False
     hard_negatives: str = "chns"
+    balance: bool = False
 
 
 def cross_modal_objective(pos: Mapping[str, Tensor], pool: Mapping[str, Tensor],
@@ -273,6 +276,18 @@ def cross_modal_objective(pos: Mapping[str, Tensor], pool: Mapping[str, Tensor],
     :math:`\mathcal{L}_{syn}` (a pool is a uniform sample, so any fixed column is one); the
     whole pool of each modality feeds CHNS. Terms of weight 0 are skipped.
 
+    With ``weights.balance`` each auxiliary term :math:`\mathcal{L}_t` (CHNS, synergy) is
+    scaled to the fused BPR's value of the same step by a constant (no gradient) factor,
+
+    .. math::
+        \lambda_t \, \frac{\mathrm{sg}(\mathcal{L}_{bpr})}{\mathrm{sg}(\mathcal{L}_t)}
+        \, \mathcal{L}_t,
+
+    so the term's value is :math:`\lambda_t \mathcal{L}_{bpr}` (its share of the loss is
+    :math:`\lambda_t / \sum \lambda`, whatever its own magnitude) and its gradient is
+    :math:`\lambda_t \mathcal{L}_{bpr} \nabla \log \mathcal{L}_t`. It needs
+    ``lambda_bpr > 0``.
+
     Args:
         pos (dict): Per branch (every modality and ``fused``), positive scores :math:`(B,)`.
         pool (dict): Per branch, scores of the candidate pool :math:`(B, P)`; the fused
@@ -284,6 +299,8 @@ def cross_modal_objective(pos: Mapping[str, Tensor], pool: Mapping[str, Tensor],
     Returns:
         ``(total, terms)``: the weighted sum and each computed term (detached).
     """
+    if weights.balance and not weights.lambda_bpr:
+        raise ValueError("balance scales the terms to the fused BPR, and lambda_bpr is 0")
     modal_pos = {m: v for m, v in pos.items() if m != fused}
     modal_pool = {m: v for m, v in pool.items() if m != fused}
     neg_fused = pool[fused][:, 0]
@@ -292,15 +309,23 @@ def cross_modal_objective(pos: Mapping[str, Tensor], pool: Mapping[str, Tensor],
     if weights.lambda_bpr:
         terms["bpr"] = bpr_loss(pos[fused], neg_fused)
         total = total + weights.lambda_bpr * terms["bpr"]
+
+    def weighted(weight: float, term: Tensor) -> Tensor:
+        if not weights.balance:
+            return weight * term
+        # a constant factor: the term's value becomes weight * L_bpr (a term that underflows
+        # to 0 has no gradient either, so the floor only keeps 0/0 out)
+        scale = terms["bpr"].detach() / term.detach().clamp_min(torch.finfo(term.dtype).tiny)
+        return (weight * scale) * term
     if weights.lambda_h:
         terms["chns"] = hard_negative_loss(modal_pos, modal_pool, weights.hard_negatives,
                                            weights.hard_k, pool[fused])
-        total = total + weights.lambda_h * terms["chns"]
+        total = total + weighted(weights.lambda_h, terms["chns"])
     if weights.lambda_s:
         terms["syn"] = synergy_loss(pos[fused], neg_fused, modal_pos,
                                     {m: v[:, 0] for m, v in modal_pool.items()},
                                     weights.theta, weights.reference_grad)
-        total = total + weights.lambda_s * terms["syn"]
+        total = total + weighted(weights.lambda_s, terms["syn"])
     return total, {name: value.detach() for name, value in terms.items()}
 
 

@@ -226,6 +226,20 @@ def test_loss_terms_weigh_the_synergy_term_by_its_warm_up():
     assert not analysis.loss_terms(history, {**config, "syn_warmup": 0}, 1)["consistent"]
 
 
+def test_loss_terms_of_balanced_terms_are_their_weights_times_the_bpr():
+    # balance_terms: each step's CHNS and synergy values are lambda * that step's BPR, so
+    # epoch 1 logs 0.6 + 0.5 * 0.6 + 2 * 0.6 + 0.01 * 10 = 2.2, epoch 2 0.4 + 0.2 + 0.8 + 0.2
+    history = brmrs_history()
+    history[0]["loss"], history[1]["loss"] = 2.2, 1.6
+    config = {"lambda_bpr": 1.0, "lambda_h": 0.5, "lambda_s": 2.0, "reg_weight": 0.01,
+              "balance_terms": True}
+    out = analysis.loss_terms(history, config, best_epoch=1)
+    assert out["consistent"] and out["weighted"]["chns"] == pytest.approx([0.3, 0.2])
+    assert out["share_at_best"]["syn"] == pytest.approx(1.2 / 2.2)
+    assert out["dominant"] == "syn" and out["raw"]["syn"] == [0.3, 0.9]
+    assert not analysis.loss_terms(history, {**config, "balance_terms": False}, 1)["consistent"]
+
+
 def test_loss_terms_without_matching_weights_gives_raw_terms_only():
     # a loss with a part the history does not log (or weights not in the config)
     out = analysis.loss_terms(brmrs_history(), {"lambda_h": 0.5}, best_epoch=2)

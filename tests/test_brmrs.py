@@ -230,9 +230,27 @@ def test_synergy_warm_up_ramps_lambda_s_by_epoch_and_a_restored_model_goes_on_wi
     assert "epochs_started" not in build(data).state_dict()
 
 
+def test_balanced_terms_reach_the_objective():
+    # balance_terms=true: the model's loss is the balanced objective on its branch scores,
+    # whose value is (lambda_bpr + lambda_h + lambda_s) * bpr (plus L2)
+    data = tiny_data()
+    train = PairIndex.from_edges(data.train, data.num_users, data.num_items)
+    users, pos = data.train
+    batch = Batch(users, pos, sample_negatives(users, train, 10,
+                                               torch.Generator().manual_seed(0)))
+    model = build(data, balance_terms=True, lambda_h=0.5, lambda_s=2.0, reg_weight=0.0)
+    plain = build(data, lambda_h=0.5, lambda_s=2.0, reg_weight=0.0)
+    plain.load_state_dict(model.state_dict())
+    total, terms = model.loss(batch)
+    assert total.item() == pytest.approx(3.5 * terms["bpr"].item(), rel=1e-5)
+    assert terms["syn"].item() == pytest.approx(plain.loss(batch)[1]["syn"].item(), rel=1e-5)
+    assert total.item() != pytest.approx(plain.loss(batch)[0].item(), rel=1e-3)
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"syn_warmup": -1}, "syn_warmup must be >= 0"),
     ({"syn_warmup": 2, "lambda_s": 0.0}, "lambda_s=0 turns it off"),
+    ({"balance_terms": True, "lambda_bpr": 0.0}, "lambda_bpr=0 turns it off"),
 ])
 def test_synergy_warm_up_refuses_meaningless_settings(overrides, message):
     with pytest.raises(ConfigError, match=message):

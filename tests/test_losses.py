@@ -120,6 +120,42 @@ def test_objective_hand_computed_and_weighted():
     assert set(terms) == {"bpr"}
 
 
+def test_balanced_objective_scales_each_term_to_the_fused_bpr():
+    # balance: CHNS and synergy are scaled by the constants bpr/chns and bpr/syn of the same
+    # step, so the value is (0.5 + 2 + 3) * bpr and each term's gradient is its own times
+    # that constant; checked against the plain objective's terms with the hand factors
+    pos, pool = hand_scores()
+    bpr = softplus_neg([1.5, 0, 0])
+    chns = softplus_neg([0.5, 2, 0.5]) + softplus_neg([3, 0.5, 1.5])
+    syn = softplus_neg([-0.1, -3.1, -1.1])
+    leaves = {b: (pos[b].clone().requires_grad_(), pool[b].clone().requires_grad_())
+              for b in pos}
+    weights = CrossModalWeights(lambda_bpr=0.5, lambda_h=2.0, lambda_s=3.0, theta=0.1,
+                                balance=True)
+    total, terms = cross_modal_objective({b: p for b, (p, _) in leaves.items()},
+                                         {b: q for b, (_, q) in leaves.items()}, weights)
+    assert total.item() == pytest.approx(5.5 * bpr, rel=1e-6)
+    assert terms["chns"].item() == pytest.approx(chns, rel=1e-6)  # logged unscaled
+    grads = torch.autograd.grad(total, [t for pair in leaves.values() for t in pair])
+    # the same gradient from the unbalanced objective's terms, weighted by hand
+    plain = {b: (pos[b].clone().requires_grad_(), pool[b].clone().requires_grad_())
+             for b in pos}
+    by_term = {}
+    for name, w in (("bpr", (1.0, 0, 0)), ("chns", (0, 1.0, 0)), ("syn", (0, 0, 1.0))):
+        value, _ = cross_modal_objective(
+            {b: p for b, (p, _) in plain.items()}, {b: q for b, (_, q) in plain.items()},
+            CrossModalWeights(*w, theta=0.1))
+        by_term[name] = torch.autograd.grad(value, [t for pair in plain.values() for t in pair],
+                                            allow_unused=True)
+    factors = {"bpr": 0.5, "chns": 2.0 * bpr / chns, "syn": 3.0 * bpr / syn}
+    for j, got in enumerate(grads):
+        expected = sum(factors[n] * (g[j] if g[j] is not None else 0) for n, g in by_term.items())
+        assert torch.allclose(got, torch.as_tensor(expected, dtype=got.dtype), atol=1e-6)
+    # without the fused BPR there is nothing to scale to
+    with pytest.raises(ValueError, match="lambda_bpr is 0"):
+        cross_modal_objective(pos, pool, CrossModalWeights(lambda_bpr=0, balance=True))
+
+
 def naive_chns(pos, pool, k):
     r"""CHNS with Python loops over samples, modalities and ranks."""
     names = list(pool)

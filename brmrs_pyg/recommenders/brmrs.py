@@ -44,6 +44,9 @@ class BRMRSParams(CrossModalParams):
     reg_weight: float = option(1e-2, "weight of the L2 penalty on the batch's ID embeddings")
     syn_warmup: int = option(0, "epochs over which the synergy loss's weight rises linearly "
                                 "to lambda_s (0: whole from the first epoch)")
+    balance_terms: bool = option(False, "scale CHNS and the synergy loss to the fused BPR's "
+                                        "value each step (no gradient through the factor), so "
+                                        "each term's share of the loss is its weight's")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -57,6 +60,9 @@ class BRMRSParams(CrossModalParams):
         if self.syn_warmup and not self.lambda_s:
             raise ConfigError("syn_warmup ramps up the synergy loss, and lambda_s=0 turns it "
                               "off: set lambda_s > 0 or syn_warmup=0")
+        if self.balance_terms and not self.lambda_bpr:
+            raise ConfigError("balance_terms scales the terms to the fused BPR, and "
+                              "lambda_bpr=0 turns it off: set lambda_bpr > 0")
 
 
 @MODELS.register("brmrs")
@@ -123,7 +129,7 @@ class BRMRS(BranchedRecommender):
         self.num_users, self.num_items = num_users, num_items
         self.weights = CrossModalWeights(params.lambda_bpr, params.lambda_h, params.lambda_s,
                                          params.theta, params.hard_k, params.syn_ref_grad,
-                                         params.hard_negatives)
+                                         params.hard_negatives, params.balance_terms)
         #: The objective's weights once warmed up; :attr:`weights` are this epoch's.
         self.full_weights = self.weights
         self.syn_warmup = params.syn_warmup
