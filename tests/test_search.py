@@ -225,6 +225,29 @@ def test_the_grid_sampler_refuses_ranges(project, tmp_path):
 
 
 @pytest.mark.needs_extra("search")
+def test_grid_workers_share_one_order_and_together_try_each_point_once(project, tmp_path):
+    # each worker has its own sampler (TPE and random seeded apart, so that they propose
+    # other points); the grid sampler gives trial n the n-th point of its shuffled grid, so
+    # every worker must shuffle alike, or two workers repeat a point and skip another
+    import optuna
+
+    from brmrs_pyg.experiments.search import _sampler
+    settings = settings_for(project, tmp_path / "search", sampler="grid")
+    study = optuna.create_study(direction="maximize")
+    points = []
+
+    def objective(trial):
+        points.append((trial.suggest_categorical("reg_weight", [1e-2, 1e-3, 1e-4]),
+                       trial.suggest_categorical("num_layers", [1, 2])))
+        return 0.0
+    for number in range(len(grid_points(settings.space))):  # workers 0, 1, 0, ... in turn
+        study.sampler = _sampler(optuna, dataclasses.replace(settings, worker=number % 2))
+        study.optimize(objective, n_trials=1)
+    assert sorted(points) == sorted((p["reg_weight"], p["num_layers"])
+                                    for p in grid_points(settings.space))
+
+
+@pytest.mark.needs_extra("search")
 def test_run_py_search_takes_its_space_from_a_file(project, tmp_path, capsys):
     space = tmp_path / "space.yaml"
     space.write_text("lr: {low: 1e-4, high: 1e-2, log: true}\nnum_layers: {low: 1, high: 3}\n")

@@ -241,8 +241,11 @@ def _difference(optuna: Any, storage: Any, names: list[str], ident: Mapping[str,
 def _sampler(optuna: Any, settings: SearchSettings) -> Any:
     seed = settings.seeds[0] + settings.worker
     if settings.sampler == "grid":
+        # one seed for every worker: the grid sampler shuffles its points with it and gives
+        # trial n the n-th point, so workers with other shuffles would repeat points and
+        # skip others
         return optuna.samplers.GridSampler({k: list(v) for k, v in settings.space.items()
-                                            if not isinstance(v, Range)}, seed=seed)
+                                            if not isinstance(v, Range)}, seed=settings.seeds[0])
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
