@@ -186,3 +186,13 @@ def test_sampled_block_scores_match_the_gathered_products_and_their_gradients(nu
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(grads[0], rows.grad)
     torch.testing.assert_close(grads[1], table.grad)
+
+
+@pytest.mark.parametrize("bound", [7, 2**15, 2**15 + 1])
+def test_stable_order_is_torchs_stable_argsort(bound):
+    from brmrs_pyg.nn.sparse import _stable_order
+    keys = torch.randint(0, bound, (5000,), generator=torch.Generator().manual_seed(bound))
+    keys[:3] = bound - 1  # the largest key, repeated
+    got = _stable_order(keys, bound)
+    assert got.dtype == torch.long
+    assert torch.equal(got, torch.argsort(keys, stable=True))

@@ -1,8 +1,18 @@
 import pytest
 import torch
 
+from brmrs_pyg import sampling
 from brmrs_pyg.interactions import PairIndex
-from brmrs_pyg.sampling import SubsetPairIndex, sample_negatives
+from brmrs_pyg.sampling import SubsetPairIndex, nth_free_item, sample_negatives
+
+
+@pytest.fixture(autouse=True, params=["table", "search"])
+def lookup(request, monkeypatch):
+    # every test on both ways of finding the r-th free item: the table of small catalogues
+    # and the search of large ones
+    if request.param == "search":
+        monkeypatch.setattr(sampling, "MAX_TABLE_ENTRIES", 0)
+    return request.param
 
 
 def random_index(num_users, num_items, seed):
@@ -14,6 +24,19 @@ def random_index(num_users, num_items, seed):
         users += [u] * deg
         items += chosen.tolist()
     return PairIndex.from_edges(torch.tensor([users, items]), num_users, num_items)
+
+
+def test_nth_free_item_is_each_users_free_items_in_order(lookup):
+    # against a per-user loop, for every user and every rank; the table holds 16 bits
+    index = random_index(12, 40, seed=4)
+    free = [[i for i in range(40) if not index.contains(torch.tensor([u]), torch.tensor([i]))]
+            for u in range(12)]
+    users = torch.tensor([u for u in range(12) for _ in free[u]])
+    rank = torch.tensor([r for u in range(12) for r in range(len(free[u]))])
+    got = nth_free_item(index, users, rank[:, None])
+    assert got.dtype == torch.long and got.shape == (users.numel(), 1)
+    assert got.view(-1).tolist() == [i for u in range(12) for i in free[u]]
+    assert (sampling._free_table(index) is None) == (lookup == "search")
 
 
 def test_never_returns_a_training_positive_and_stays_in_range():
@@ -82,3 +105,14 @@ def test_pair_index_pairs_of():
     rows, items = index.pairs_of(torch.tensor([2, 0]))
     assert sorted(zip(rows.tolist(), items.tolist())) == [(0, 0), (0, 4), (1, 1)]
     assert index.degree().tolist() == [1, 1, 2]
+
+
+def test_a_catalogue_past_16_bits_keeps_its_item_ids(lookup):
+    num_items = 2**15 + 5
+    index = PairIndex.from_edges(torch.tensor([[0, 0, 1], [3, num_items - 2, 0]]), 2,
+                                 num_items)
+    rank = torch.tensor([[0, 3, num_items - 4], [0, 1, num_items - 2]])
+    got = nth_free_item(index, torch.tensor([0, 1]), rank)
+    assert got.tolist() == [[0, 4, num_items - 1], [1, 2, num_items - 1]]
+    if lookup == "table":
+        assert sampling._free_table(index).dtype == torch.int32

@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.weak import WeakTensorKeyDictionary
@@ -191,6 +192,17 @@ def _column_blocks(x: Tensor, blocks: int) -> list[Tensor]:
     return list(x.view(x.size(0), blocks, -1).unbind(1))
 
 
+def _stable_order(keys: Tensor, bound: int) -> Tensor:
+    r"""``torch.argsort(keys, stable=True)`` for keys in :math:`[0, \text{bound})`. On CPU
+    with keys that fit in 16 bits, NumPy's stable sort of ``int16`` (a radix sort): on
+    lfm2k's BR-MRS batches (8,192 keys below 1,425; torch 2.13, one thread) 32 µs against
+    300 µs for torch's stable sort, which is a comparison sort whatever the key type."""
+    if keys.device.type != "cpu" or bound > 2**15:
+        return torch.argsort(keys, stable=True)
+    order = np.argsort(keys.numpy().astype(np.int16), kind="stable")
+    return torch.from_numpy(order).to(keys.dtype)
+
+
 class _SampledBlockScores(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, rows: Tensor, table: Tensor, index: Tensor, blocks: int) -> Tensor:
@@ -224,7 +236,7 @@ class _SampledBlockScores(torch.autograd.Function):
                                                    _column_blocks(table, blocks))], 1)
         if ctx.needs_input_grad[1]:
             # the transposed pattern: entries by candidate, then by row (a stable sort)
-            by_col = torch.argsort(cols, stable=True)
+            by_col = _stable_order(cols, num_cols)
             counts = torch.bincount(cols, minlength=num_cols)
             crow_t = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
             col_t = torch.div(by_col, per_row, rounding_mode="floor")
