@@ -327,11 +327,11 @@ def loss_terms(history: list[dict[str, float]], config: dict[str, Any],
     r"""What each term of the training loss weighs, from a run's per-epoch ``history``: the
     weighted terms :math:`w_t \ell_t` (weights from :data:`TERM_WEIGHTS` and the run's
     ``config``, the synergy weight ramped over ``syn_warmup`` epochs, the terms scaled to the
-    fused BPR with ``balance_terms``), their share of the
-    logged loss at the best and the last epoch, and the term whose share at the best epoch
-    is above :data:`DOMINANT_SHARE` (``dominant``, or ``None``). Shares are given only when the weighted terms add up to the logged loss at
-    every epoch (``consistent``); a model whose loss has parts it does not log is reported
-    with its raw terms alone."""
+    fused BPR with ``balance_terms``), their share of the logged loss at the best and the
+    last epoch, and the term whose share at the best epoch is above :data:`DOMINANT_SHARE`
+    (``dominant``, or ``None``). Shares are given only when the weighted terms add up to the
+    logged loss at every epoch (``consistent``); a model whose loss has parts it does not log
+    is reported with its raw terms alone."""
     terms = [k for k in (history[0] if history else {})
              if k not in ("epoch", "loss") and "@" not in k]
     weights = {t: float(config.get(TERM_WEIGHTS.get(t, ""), 1.0)) for t in terms}

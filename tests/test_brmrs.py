@@ -203,12 +203,17 @@ def test_pipeline_caches_the_feature_bases(project, tmp_path, monkeypatch):
         assert torch.equal(getattr(second, f"feat_{m}"), expected[m])
 
 
-def test_synergy_warm_up_ramps_lambda_s_by_epoch_and_a_restored_model_goes_on_with_it():
-    data = tiny_data()
+def whole_train_batch(data, negatives=10):
+    # every training pair, with a seeded pool of uniform negatives
     train = PairIndex.from_edges(data.train, data.num_users, data.num_items)
     users, pos = data.train
-    batch = Batch(users, pos, sample_negatives(users, train, 10,
-                                               torch.Generator().manual_seed(0)))
+    return Batch(users, pos, sample_negatives(users, train, negatives,
+                                              torch.Generator().manual_seed(0)))
+
+
+def test_synergy_warm_up_ramps_lambda_s_by_epoch_and_a_restored_model_goes_on_with_it():
+    data = tiny_data()
+    batch = whole_train_batch(data)
     model = build(data, syn_warmup=3, lambda_s=2.0)
     states = []
     for epoch, factor in enumerate([0.25, 0.5, 0.75, 1.0, 1.0], start=1):
@@ -234,10 +239,7 @@ def test_balanced_terms_reach_the_objective():
     # balance_terms=true: the model's loss is the balanced objective on its branch scores,
     # whose value is (lambda_bpr + lambda_h + lambda_s) * bpr (plus L2)
     data = tiny_data()
-    train = PairIndex.from_edges(data.train, data.num_users, data.num_items)
-    users, pos = data.train
-    batch = Batch(users, pos, sample_negatives(users, train, 10,
-                                               torch.Generator().manual_seed(0)))
+    batch = whole_train_batch(data)
     model = build(data, balance_terms=True, lambda_h=0.5, lambda_s=2.0, reg_weight=0.0)
     plain = build(data, lambda_h=0.5, lambda_s=2.0, reg_weight=0.0)
     plain.load_state_dict(model.state_dict())

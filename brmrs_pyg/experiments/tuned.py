@@ -6,9 +6,10 @@ Each variant is searched like ``run.py search --space card`` (:func:`.search.sea
 copy of it) into ``<out>/<label>/``: the same trials, sampler (TPE), pruner, epochs and seeds
 for all, over its model card's ``grid:`` block minus the keys the variant fixes and the keys
 set for every run. A grid with no more points than the trials is searched whole instead,
-each point once (:func:`sampler_and_trials`): TPE would only repeat points there. The best point by valid (never test) runs on every seed; the table has one
-row per variant. Re-running continues unfinished searches and trains nothing for finished
-ones (the study in each ``study.db`` counts its finished trials).
+each point once (:func:`sampler_and_trials`): TPE would only repeat points there. The best
+point by valid (never test) runs on every seed; the table has one row per variant.
+Re-running continues unfinished searches and trains nothing for finished ones (the study in
+each ``study.db`` counts its finished trials).
 
 The cost of a search is :func:`cpu_core_hours`: over its trials that trained (complete or
 pruned), the trial's wall time (Optuna's start to end: data, graphs, training, evaluation)
@@ -29,11 +30,10 @@ from brmrs_pyg.recommenders import MODELS
 from brmrs_pyg.registry import normalize_name
 
 from .diagnostics import TYPE_NOTE, known_type_recalls, type_cells
-from .grid import Grid, card_grid
+from .grid import Grid, Range, card_grid
 from .report import SIGNIFICANCE_NOTE, TABLE_METRICS, TableRow, bar_plot, write_tables
 from .runner import (SUITE_KEYS, RunRecord, Runner, Summary, Variant, _slug, override_text,
                      summarize)
-from .grid import Range
 from .search import SearchSettings, grid_size, import_optuna, search
 from .suites import SUITES, SuiteContext, compare_to, mean_valid, runs_json, summary_json
 

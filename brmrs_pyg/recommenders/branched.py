@@ -127,9 +127,9 @@ def side_by_side_scores(users: Tensor, items: Tensor, fusions: tuple[Fusion, Fus
     The modalities are scored by sampled products (:func:`~brmrs_pyg.nn.sparse.
     sampled_block_scores`), without writing out their candidates' rows; the fused branch
     fuses the rows it scores only (a fusion acts row by row), or the whole item table when
-    it has fewer rows; and the pool is scored without gradient:
-    :func:`cross_modal_objective` takes gradient from a pool at column 0 (the uniform negative) and at the ``hard_k`` hardest
-    candidates of some branch only, so just those columns (and the positives) are scored
+    it has fewer rows; and the pool is scored without gradient: :func:`cross_modal_objective`
+    takes gradient from a pool at column 0 (the uniform negative) and at the ``hard_k``
+    hardest candidates of some branch only, so just those columns (and the positives) are scored
     again with gradient, and added to the pool as exact zeros that carry it. The pool's
     values are those scored without gradient, so the hard negatives the objective picks
     are the ones that carry gradient.
