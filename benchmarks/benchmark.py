@@ -97,6 +97,7 @@ def measure(dataset: str, model_spec: str, opts: Options) -> dict:
 
     from brmrs_pyg.pipeline import (Paths, build_evaluators, build_model, card_of,
                                     load_config, load_data, resolve_device, seed_everything)
+    from brmrs_pyg.train import make_optimizer
 
     name, _, data_dir = dataset.partition(":")
     model_name, _, extra = model_spec.partition(":")
@@ -121,7 +122,7 @@ def measure(dataset: str, model_spec: str, opts: Options) -> dict:
                   "model_s": time.perf_counter() - loaded,
                   "setup_cpu_s": time.process_time() - cpu_start})
     index, evaluators = build_evaluators(data, dev, config.run.eval_batch_size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.run.lr)
+    optimizer = make_optimizer(model, config.run.lr)
     edges = data.train.to(dev)
     batch_size = config.run.batch_size
     train = time_training(model, optimizer, edges, index, batch_size, opts, dev)
