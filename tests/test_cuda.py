@@ -9,6 +9,7 @@ from brmrs_pyg.interactions import PairIndex
 from brmrs_pyg.losses import CrossModalWeights, cross_modal_objective
 from brmrs_pyg.recommenders import MODELS, Batch
 from brmrs_pyg.sampling import sample_negatives
+from brmrs_pyg.train import make_optimizer
 from tests.tiny_models import build_model, tiny_data
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -60,11 +61,13 @@ def test_evaluator_on_cuda_matches_cpu(chunk_size):
 
 @pytest.mark.parametrize("name", ["lightgcn", "brmrs"])
 def test_training_step_on_cuda_has_no_host_sync(name):
-    r"""Sampling, the loss, its backward and Adam's step stay on the device: CUDA's sync
-    debug mode turns any device-to-host synchronisation into an error."""
+    r"""Sampling, the loss, its backward and the fused Adam step that training uses
+    (``make_optimizer``) stay on the device: CUDA's sync debug mode turns any device-to-host
+    synchronisation into an error."""
     data = tiny_data()
     model = build_model(MODELS.get(name), data)[0].to(CUDA)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = make_optimizer(model, lr=1e-3)
+    assert optimizer.param_groups[0]["fused"] is True
     index = PairIndex.from_edges(data.train, data.num_users, data.num_items, CUDA)
     users, pos = data.train.to(CUDA)
 
