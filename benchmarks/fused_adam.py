@@ -34,8 +34,9 @@ def epoch_of(dataset: str, model_name: str, fused: bool, steps: int) -> Callable
     name, _, data_dir = dataset.partition(":")
     paths = Paths(ROOT)
     run = {"dataset": name, "model": model_name, "device": "cpu"}
-    config = load_config(paths, [("benchmark", {**run, **({"data_dir": data_dir} if data_dir
-                                                           else {})})])
+    if data_dir:
+        run["data_dir"] = data_dir
+    config = load_config(paths, [("benchmark", run)])
     seed_everything(0)
     data = load_data(card_of(config, paths), config, paths)
     model = build_model(config, data, torch.device("cpu"))
