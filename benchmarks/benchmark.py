@@ -95,6 +95,7 @@ def timed_graph_build(record: dict[str, float]) -> Iterator[None]:
 def measure(dataset: str, model_spec: str, opts: Options) -> dict:
     import torch
 
+    from brmrs_pyg.allocator import reuse_freed_memory
     from brmrs_pyg.pipeline import (Paths, build_evaluators, build_model, card_of,
                                     load_config, load_data, resolve_device, seed_everything)
     from brmrs_pyg.train import make_optimizer
@@ -111,6 +112,7 @@ def measure(dataset: str, model_spec: str, opts: Options) -> dict:
     seed_everything(0)
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    reuse_freed_memory()  # as a run does
     dev = resolve_device(opts.device)
     start, cpu_start = time.perf_counter(), time.process_time()
     data = load_data(card_of(config, paths), config, paths)

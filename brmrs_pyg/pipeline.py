@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from brmrs_pyg import __version__
+from brmrs_pyg.allocator import reuse_freed_memory
 from brmrs_pyg.checkpoint import check_config, check_data, read_training_checkpoint
 from brmrs_pyg.config import Config, ConfigError, RunConfig, resolve
 from brmrs_pyg.data.cards import DatasetCard
@@ -293,6 +294,7 @@ def run(config: Config, paths: Paths, out_dir: Path,
     device = resolve_device(run_cfg.device)
     with deterministic_algorithms(run_cfg.deterministic):
         seed_everything(run_cfg.seed)
+        reuse_freed_memory()
         card = card_of(config, paths)
         data = load_data(card, config, paths)
         set_threads(run_cfg.threads, device)
