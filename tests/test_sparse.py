@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from brmrs_pyg.graphs import to_adj_t
-from brmrs_pyg.nn.sparse import EdgeGraph, spmm, transpose_of
+from brmrs_pyg.nn.sparse import EdgeGraph, linear_propagation, spmm, transpose_of
 
 
 def test_spmm_value_and_gradient_match_dense_for_a_non_symmetric_matrix():
@@ -20,6 +20,39 @@ def test_spmm_value_and_gradient_match_dense_for_a_non_symmetric_matrix():
     (y_ref * torch.arange(12.0).view(4, 3)).sum().backward()
     assert torch.allclose(y, y_ref, atol=1e-6)
     assert torch.allclose(grad, x.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [[0.5], [0.5, 0.5], [0.2, 0.0, 0.8], [0.1, 0.2, 0.3, 0.4],
+                                   [0.0, 0.0, 1.0]])
+def test_linear_propagation_matches_the_weighted_sum_of_dense_powers(alpha):
+    torch.manual_seed(0)
+    ei = torch.tensor([[0, 1, 2, 2, 3, 3], [1, 2, 0, 3, 1, 0]])
+    adj_t = to_adj_t(ei, torch.rand(6), 4)
+    dense = adj_t.to_dense()
+    x = torch.randn(4, 3, requires_grad=True)
+    weights = torch.arange(12.0).view(4, 3)
+    (linear_propagation(adj_t, x, alpha) * weights).sum().backward()
+    out, grad = linear_propagation(adj_t, x, alpha).detach(), x.grad.clone()
+    x.grad = None
+    ref, power = torch.zeros(4, 3), x
+    for layer, a in enumerate(alpha):
+        power = x if layer == 0 else dense @ power
+        ref = ref + a * power
+    (ref * weights).sum().backward()
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert torch.allclose(grad, x.grad, atol=1e-6)
+
+
+def test_spmm_output_ignores_the_fresh_memory_it_is_written_into():
+    # spmm writes into an uninitialised table through addmm with beta=0, which must not
+    # read it: a NaN there would otherwise survive as 0 * NaN
+    ei = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    adj_t = to_adj_t(ei, torch.rand(3), 3)
+    x = torch.randn(3, 2)
+    table = torch.full((3, 2), float("nan"))
+    out = torch.addmm(table, adj_t, x, beta=0.0, alpha=0.5, out=table)
+    assert torch.allclose(out, 0.5 * adj_t.to_dense() @ x, atol=1e-6)
+    assert torch.allclose(spmm(adj_t, x, 0.5), out, atol=1e-6)
 
 
 def test_transpose_is_reused_and_refreshed_after_in_place_change():

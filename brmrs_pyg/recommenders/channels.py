@@ -102,8 +102,7 @@ class ModalityChannels(torch.nn.Module):
             if blocks is not None:
                 self.register_buffer("ui_users", blocks[0], persistent=False)
                 self.register_buffer("ui_items", blocks[1], persistent=False)
-                # read on the host once: reading the buffer each step would synchronise a GPU
-                self.ui_alpha = tuple(ui[modalities[0]].alpha.tolist())
+                self.ui_alpha = ui[modalities[0]].alpha_host
         ii: dict[str, Backbone] = {}
         for m in modalities:
             edges = graphs.ii.get(m)
