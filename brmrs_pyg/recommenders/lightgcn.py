@@ -78,13 +78,18 @@ class LightGCN(Recommender):
         return users, items
 
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        user, item = self()
-        u = gather(user, batch.users)
-        bpr = bpr_loss((u * gather(item, batch.pos)).sum(-1),
-                       (u[:, None] * gather(item, batch.neg)).sum(-1))
+        # the items of the batch (positive, negatives) in one lookup of the whole output,
+        # and every row in one lookup of the layer-0 table: each lookup's backward is a
+        # zero-filled table-sized gradient, so three instead of six (and no split's
+        # concatenation)
+        items = self.num_users + torch.cat([batch.pos.unsqueeze(1), batch.neg], 1)
+        out = self.backbone(self.embedding.weight, self.adj_t)
+        u = gather(out, batch.users)
+        scores = (u.unsqueeze(1) * gather(out, items)).sum(-1)
+        bpr = bpr_loss(scores[:, 0], scores[:, 1:])
+        # the squared norm of all the rows over 2B, as l2_reg of the three parts
         ego = self.embedding.weight
-        reg = l2_reg(gather(ego, batch.users), gather(ego, self.num_users + batch.pos),
-                     gather(ego, self.num_users + batch.neg).flatten(0, 1))
+        reg = l2_reg(gather(ego, batch.users), gather(ego, items).flatten(0, 1))
         return bpr + self.reg_weight * reg, {"bpr": bpr.detach(), "reg": reg.detach()}
 
     def __repr__(self) -> str:
