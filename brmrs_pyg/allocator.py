@@ -12,7 +12,6 @@ memory stays what it was, but memory freed after the peak is kept until the proc
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 from typing import Any
@@ -33,14 +32,12 @@ USER_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP
 
 
 def _libc() -> Any | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    r"""The C library the process runs with (its global symbols), if it has ``mallopt``."""
     try:
-        libc = ctypes.CDLL(name)
-        return libc if hasattr(libc, "mallopt") else None
-    except OSError:
+        libc = ctypes.CDLL(None)
+    except (OSError, TypeError):  # Windows has no process-wide handle
         return None
+    return libc if hasattr(libc, "mallopt") else None
 
 
 def reuse_freed_memory(libc: Any | None = None) -> bool:
