@@ -8,6 +8,11 @@ by page: on Sports-size data (54k nodes x 64) a LightGCN step spent a sixth of i
 in the kernel doing that. :func:`reuse_freed_memory` makes glibc keep freed memory for
 the next allocation instead. It changes no value that is computed; the process's peak
 memory stays what it was, but memory freed after the peak is kept until the process ends.
+
+A user who sets glibc's variables (:data:`USER_SETTINGS`) keeps them; note that setting any
+one of them also stops glibc's own adjustment of the mapping threshold, so that every table
+gets a fresh mapping: with ``MALLOC_TOP_PAD_`` alone set, a Sports-size epoch took 2.8x as
+long for LightGCN and BR-MRS (docs/benchmarks.md, "Memory reuse").
 """
 from __future__ import annotations
 
