@@ -78,10 +78,9 @@ class LightGCN(Recommender):
         return users, items
 
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        # the items of the batch (positive, negatives) in one lookup of the whole output,
-        # and every row in one lookup of the layer-0 table: each lookup's backward is a
-        # zero-filled table-sized gradient, so three instead of six (and no split's
-        # concatenation)
+        # the batch's items (positive, negatives) in one lookup of each table, the output
+        # and the layer-0 one: each lookup's backward is a zero-filled table-sized gradient,
+        # so four instead of six (and no split's concatenation)
         items = self.num_users + torch.cat([batch.pos.unsqueeze(1), batch.neg], 1)
         out = self.backbone(self.embedding.weight, self.adj_t)
         u = gather(out, batch.users)
