@@ -291,8 +291,11 @@ def test_the_output_folder_is_new_empty_or_this_searchs_own(project, tmp_path, r
     shared = f"sqlite:///{tmp_path / 'shared.db'}"
     search(settings_for(project, tmp_path / "a", trials=2, storage=shared))
     content = search(settings_for(project, tmp_path / "b", trials=3, storage=shared))
-    assert len(content["trials"]) == 3
-    assert content["trials"][2]["folder"] == str(tmp_path / "b" / "trials" / "2")
+    # the second machine's sampler has the first one's seed, so it proposes the first
+    # machine's points again: those are answered from the study, and it trains a third
+    trained = [t for t in content["trials"] if t["state"] != "repeat"]
+    assert len(trained) == 3 and len({str(t["params"]) for t in trained}) == 3
+    assert trained[2]["folder"] == str(tmp_path / "b" / "trials" / str(trained[2]["number"]))
     assert not (tmp_path / "a" / "study.db").exists()
 
 
@@ -375,3 +378,119 @@ def test_an_added_key_at_its_former_value_leaves_a_search_identity_unchanged(pro
     assert ident(syn_warmup=0) == default
     assert ident(syn_warmup=5)["config"]["syn_warmup"] == 5
     assert study_name(ident(syn_warmup=5)) != study_name(default)
+
+
+# --- repeated points: answered, not trained, not counted ---------------------------------------
+
+def always(optuna, params):
+    r"""A sampler that proposes ``params`` every time (TPE narrowed down to one point)."""
+    class Always(optuna.samplers.BaseSampler):
+        def infer_relative_search_space(self, study, trial):
+            return {}
+
+        def sample_relative(self, study, trial, search_space):
+            return {}
+
+        def sample_independent(self, study, trial, name, distribution):
+            return params[name]
+    return Always()
+
+
+@pytest.mark.needs_extra("search")
+def test_a_repeated_point_is_answered_without_training_and_an_untried_one_runs_next(
+        project, tmp_path, runs, monkeypatch, caplog):
+    import optuna
+    caplog.set_level("INFO")
+
+    from brmrs_pyg.experiments import search as search_module
+    monkeypatch.setattr(search_module, "_sampler",
+                        lambda optuna_, settings: always(optuna_, {"reg_weight": 1e-2}))
+    out = tmp_path / "search"
+    space = {"reg_weight": [1e-2, 1e-3, 1e-4]}
+    # 5 trials asked of a 3-point space: it stops when each point has trained once
+    content = search_module.search(settings_for(project, out, trials=5, space=space,
+                                                pruner="none"))
+    states = [t["state"] for t in content["trials"]]
+    assert states == ["complete", "repeat", "complete", "repeat", "complete"]
+    trained = [t for t in content["trials"] if t["state"] == "complete"]
+    assert sorted(t["params"]["reg_weight"] for t in trained) == [1e-4, 1e-3, 1e-2]
+    assert len(runs) == 3 and sorted(p.name for p in runs) == ["0", "2", "4"]
+    for t in content["trials"]:
+        if t["state"] == "repeat":  # trial 0's point and result, no folder of its own
+            assert t["repeat_of"] == 0 and t["params"] == {"reg_weight": 1e-2}
+            assert t["valid"] == content["trials"][0]["valid"] and t["folder"] is None
+            assert not (out / "trials" / str(t["number"])).exists()
+    assert "the space has 3 points, fewer than --trials 5" in caplog.text
+    assert "trial 1: the point of trial 0 (finished or running): not trained" in caplog.text
+    assert content["best"]["trial"] in (0, 2, 4)
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert [r["state"] for r in rows] == states
+    # the same command trains nothing more
+    study = optuna.load_study(study_name=content["study"],
+                              storage=f"sqlite:///{out.resolve() / 'study.db'}")
+    from brmrs_pyg.experiments.search import counts
+    assert counts(study) == (3, 0)
+    search_module.search(settings_for(project, out, trials=5, space=space, pruner="none"))
+    assert len(runs) == 3
+
+
+@pytest.mark.needs_extra("search")
+def test_a_worker_stuck_on_held_points_of_a_range_space_stops(project, tmp_path, runs,
+                                                               monkeypatch, caplog):
+    from brmrs_pyg.experiments import search as search_module
+    caplog.set_level("INFO")
+    monkeypatch.setattr(search_module, "_sampler",
+                        lambda optuna_, settings: always(optuna_, {"lr": 1e-3}))
+    monkeypatch.setattr(search_module, "MAX_REPEATS", 3)
+    space = {"lr": Range(1e-4, 1e-2, log=True)}  # untried points cannot be listed
+    content = search_module.search(settings_for(project, tmp_path / "search", trials=4,
+                                                space=space, pruner="none"))
+    assert [t["state"] for t in content["trials"]] == ["complete"] + ["repeat"] * 3
+    assert len(runs) == 1 and content["best"]["trial"] == 0
+    assert "3 points in a row were ones the study holds: this worker stops with 1 of 4" \
+        in caplog.text
+
+
+@pytest.mark.needs_extra("search")
+def test_a_point_another_trial_is_training_is_not_trained_twice(project, tmp_path):
+    import optuna
+
+    from brmrs_pyg.experiments.search import RepeatedPoint, counts, run_trial
+    settings = settings_for(project, tmp_path / "search", space={"reg_weight": [1e-2, 1e-3]})
+    study = optuna.create_study(direction="maximize")
+    running = study.ask()
+    running.suggest_categorical("reg_weight", [1e-2, 1e-3])  # a worker trains it now
+    study.enqueue_trial(dict(running.params))
+    second = study.ask()
+    with pytest.raises(RepeatedPoint, match=f"trial {running.number} holds the same point"):
+        run_trial(second, settings)
+    assert second.user_attrs == {"repeat_of": running.number}  # no folder, no host
+    # the other point is queued for the next trial
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    other = ({1e-2, 1e-3} - {running.params["reg_weight"]}).pop()
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [{"reg_weight": other}]
+    study.tell(second, state=optuna.trial.TrialState.FAIL)
+    assert counts(study) == (0, 1)
+
+
+@pytest.mark.needs_extra("search")
+def test_a_study_that_trained_a_point_twice_counts_and_lists_it_once():
+    # studies from before repeats were answered: TPE had the same point trained again
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from brmrs_pyg.experiments.search import counts
+    from brmrs_pyg.experiments.search_report import trial_rows
+    dist = {"a": CategoricalDistribution([1, 2, 3])}
+    study = optuna.create_study(direction="maximize")
+    for a, value in ((1, 0.5), (1, 0.5), (2, 0.7)):
+        study.add_trial(create_trial(params={"a": a}, distributions=dist, value=value))
+    study.add_trial(create_trial(params={"a": 2}, distributions=dist, state=TrialState.PRUNED,
+                                 intermediate_values={1: 0.2}))
+    study.add_trial(create_trial(params={"a": 3}, distributions=dist, state=TrialState.FAIL))
+    assert counts(study) == (2, 0)  # points 1 and 2; point 3 was interrupted
+    rows = trial_rows(study)
+    assert [r["state"] for r in rows] == ["complete", "repeat", "complete", "repeat",
+                                          "interrupted"]
+    assert [r.get("repeat_of") for r in rows] == [None, 0, None, 2, None]

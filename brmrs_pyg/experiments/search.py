@@ -10,7 +10,12 @@ are written (:mod:`.search_report`).
 
 The study lives in an Optuna storage, by default ``sqlite:///<out>/study.db``, so that the same
 command continues it: ``trials`` counts finished trials (complete, pruned, or failed in
-training) in total, never "more". A trial stopped by Ctrl-C, SIGTERM or a crash is marked
+training) in total, never "more", and counts each *point* once: a sampler that proposes a point
+the study already holds (TPE does, more and more as it narrows down over a list-only space)
+gets that trial's result back without training, the trial is marked ``repeat_of`` and not
+counted, and, over a list-only space, an untried point is queued next (:func:`run_trial`).
+So every search of a budget of N trains N distinct points (or the whole grid, when it has
+fewer). A trial stopped by Ctrl-C, SIGTERM or a crash is marked
 failed without an ``error`` attribute (interrupted), does not count, and its point is queued
 again; a trial left ``RUNNING`` by a killed process (SIGKILL, power loss) is recognised on the
 next start by its host and dead process id and handled the same way. Trials running on other
@@ -29,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import socket
 import time
 from dataclasses import dataclass
@@ -63,11 +69,19 @@ SEARCH_FILES = frozenset({"study.db", "study.db-journal", "study.db-wal", "study
 SQLITE_TIMEOUT = 60.0
 #: A ``RUNNING`` trial without host (killed right after it was created) is stale after this.
 UNCLAIMED_SECONDS = 60.0
+#: A worker stops after this many repeated points in a row (a space with ranges, whose
+#: untried points cannot be listed, that the sampler has narrowed down to points it holds).
+MAX_REPEATS = 50
 HOST = socket.gethostname()
 
 
 class SearchError(SuiteError):
     r"""A search cannot run as asked (optuna missing, a foreign ``--out``, a bad space)."""
+
+
+class RepeatedPoint(Exception):
+    r"""A trial's point is being trained by another trial right now: the trial ends failed
+    (``repeat_of``), not counted, and trains nothing."""
 
 
 def import_optuna() -> Any:
@@ -264,16 +278,38 @@ def _pruner(optuna: Any, settings: SearchSettings) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def counts(study: "optuna.Study") -> tuple[int, int]:
-    r"""Finished trials (complete, pruned, or failed in training: with an ``error``
-    attribute; a failed trial without one was interrupted) and trials running now."""
+def point_key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    r"""A point's identity: its keys and values, whatever their order."""
+    return tuple(sorted(params.items()))
+
+
+def finished(trial: "optuna.trial.FrozenTrial") -> bool:
+    r"""Whether a trial trained to its end: complete, pruned, or failed in training (with
+    an ``error`` attribute; a failed trial without one was interrupted or a repeat)."""
     from optuna.trial import TrialState
-    done = running = 0
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+        trial.state == TrialState.FAIL and "error" in trial.user_attrs)
+
+
+def counts(study: "optuna.Study") -> tuple[int, int]:
+    r"""Finished points (the distinct points of the :func:`finished` trials, so a point
+    trained twice, as TPE had studies do before repeats were answered, counts once) and
+    trials running now."""
+    from optuna.trial import TrialState
+    points = set()
+    running = 0
     for t in study.get_trials(deepcopy=False):
         running += t.state == TrialState.RUNNING
-        done += t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-            t.state == TrialState.FAIL and "error" in t.user_attrs)
-    return done, running
+        if finished(t):
+            points.add(point_key(t.params))
+    return len(points), running
+
+
+def trials_wanted(settings: "SearchSettings") -> int:
+    r"""``settings.trials``, or the number of points of a list-only space with fewer."""
+    if any(isinstance(d, Range) for d in settings.space.values()):
+        return settings.trials
+    return min(settings.trials, grid_size(settings.space))
 
 
 def recover_stale(study: "optuna.Study") -> list[int]:
@@ -322,10 +358,13 @@ def run_trial(trial: "optuna.Trial", settings: SearchSettings) -> float:
     failed without ``error`` (interrupted: not counted) and queues its point again before
     it propagates."""
     import optuna
+    params = suggest(trial, settings.space)
+    earlier = _holder(trial, params)
+    if earlier is not None:
+        return _repeat(trial, earlier, settings)
     folder = settings.out / "trials" / str(trial.number)
     for key, value in {"host": HOST, "pid": os.getpid(), "folder": str(folder)}.items():
         trial.set_user_attr(key, value)
-    params = suggest(trial, settings.space)
     best, pruned = float("-inf"), False
 
     def on_epoch(epoch: int, score: float) -> bool:
@@ -350,17 +389,83 @@ def run_trial(trial: "optuna.Trial", settings: SearchSettings) -> float:
     return valid_score(results)
 
 
+def _holder(trial: "optuna.Trial", params: Mapping[str, Any]
+            ) -> "optuna.trial.FrozenTrial | None":
+    r"""The first other trial of the study that holds ``params``, not a repeat itself:
+    finished (its result stands) or running with a lower number (it is being trained; of
+    two workers that drew the same point at once, the first trial trains it)."""
+    from optuna.trial import TrialState
+    key = point_key(params)
+    for t in trial.study.get_trials(deepcopy=False):
+        if (t.number != trial.number and "repeat_of" not in t.user_attrs
+                and (finished(t) or (t.state == TrialState.RUNNING
+                                     and t.number < trial.number))
+                and point_key(t.params) == key):
+            return t
+    return None
+
+
+def _repeat(trial: "optuna.Trial", earlier: "optuna.trial.FrozenTrial",
+            settings: SearchSettings) -> float:
+    r"""Ends a trial whose point ``earlier`` holds, without training: with ``earlier``'s
+    result when it has one (so the sampler learns nothing new but loses nothing), failed
+    (:class:`RepeatedPoint`) while ``earlier`` is still running. Over a list-only space an
+    untried point is queued first, so the next trial trains something new."""
+    import optuna
+    from optuna.trial import TrialState
+    trial.set_user_attr("repeat_of", earlier.number)
+    _queue_untried(trial.study, settings, trial.number)
+    if earlier.state == TrialState.COMPLETE:
+        assert earlier.value is not None
+        return earlier.value
+    if earlier.state == TrialState.PRUNED:
+        for step, value in earlier.intermediate_values.items():
+            trial.report(value, step)
+        raise optuna.TrialPruned(f"repeat of pruned trial {earlier.number}")
+    raise RepeatedPoint(f"trial {earlier.number} holds the same point "
+                        f"({earlier.state.name.lower()})")
+
+
+def _queue_untried(study: "optuna.Study", settings: SearchSettings, number: int) -> None:
+    # a point of a list-only space that no trial holds or waits for, drawn with a seed of
+    # the study's first seed and the trial's number (the same draw on a rerun)
+    if any(isinstance(d, Range) for d in settings.space.values()):
+        return
+    from optuna.trial import TrialState
+    taken = set()
+    for t in study.get_trials(deepcopy=False):
+        if finished(t) or t.state == TrialState.RUNNING:
+            taken.add(point_key(t.params))
+        elif t.state == TrialState.WAITING:  # a queued point is in its fixed params
+            taken.add(point_key(t.system_attrs.get("fixed_params", {})))
+    untried = [p for p in grid_points(settings.space) if point_key(p) not in taken]
+    if untried:
+        pick = random.Random(settings.seeds[0] * 1_000_003 + number).choice(untried)
+        study.enqueue_trial(pick, user_attrs={"untried_after": number})
+
+
 def optimize(settings: SearchSettings, study: "optuna.Study") -> None:
     r"""Runs trials until the study holds ``settings.trials`` finished ones (counting those
     running elsewhere), one progress line per trial."""
     import optuna
     spent: list[float] = []
+    wanted = trials_wanted(settings)
+    if wanted < settings.trials:
+        log.info("the space has %d points, fewer than --trials %d: the search stops when "
+                 "it has trained each once", wanted, settings.trials)
+    repeats = 0
     while True:
         turn = FileLock(settings.out / "study.lock")
         recover_stale(study)
         done, running = counts(study)
-        if done + running >= settings.trials:
+        if done + running >= wanted:
             turn.release()
+            break
+        if repeats >= MAX_REPEATS:
+            turn.release()
+            log.warning("%d points in a row were ones the study holds: this worker stops "
+                        "with %d of %d points (the sampler has narrowed the space down)",
+                        repeats, done, wanted)
             break
         start = time.perf_counter()
         mine: list[int] = []
@@ -371,11 +476,18 @@ def optimize(settings: SearchSettings, study: "optuna.Study") -> None:
             return run_trial(trial, settings)
 
         try:
-            study.optimize(objective, n_trials=1, catch=(TrainingError,))
+            study.optimize(objective, n_trials=1, catch=(TrainingError, RepeatedPoint))
         finally:
             turn.release()
+        repeat = study.get_trials(deepcopy=False)[mine[-1]].user_attrs.get("repeat_of")
+        if repeat is not None:
+            repeats += 1
+            log.info("trial %d: the point of trial %d (finished or running): not trained, "
+                     "not counted", mine[-1], repeat)
+            continue
+        repeats = 0
         spent.append(time.perf_counter() - start)
-        log.info(progress_line(study, mine[-1], spent, settings.trials, settings.workers))
+        log.info(progress_line(study, mine[-1], spent, wanted, settings.workers))
     if running and settings.workers == 1:  # a worker's siblings are no one else's
         log.info("%d trial(s) still running elsewhere: the best point is chosen among the "
                  "finished ones; run the command again later to include them", running)
@@ -403,7 +515,8 @@ def best_trial(study: "optuna.Study") -> "optuna.trial.FrozenTrial":
     r"""The complete trial with the highest valid score (the first one on a tie); test
     metrics are never looked at."""
     from optuna.trial import TrialState
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if "repeat_of" not in t.user_attrs]
     if not complete:
         raise SearchError("no trial completed: there is no best point (see the trials' "
                           "train.log for why they failed or were pruned)")
@@ -457,9 +570,9 @@ def optimize_on_workers(settings: SearchSettings, study: "optuna.Study") -> None
             log.warning("search worker %d ended (%s)", outcome.index, outcome.why())
     recover_stale(study)
     done, _ = counts(study)
-    if done < settings.trials:
+    if done < trials_wanted(settings):
         log.warning("%d of %d trials finished: run the command again to run the others",
-                    done, settings.trials)
+                    done, trials_wanted(settings))
 
 
 def search_worker(settings: SearchSettings) -> None:

@@ -26,7 +26,7 @@ from brmrs_pyg.plotting import PlotsUnavailable, pyplot
 
 from .report import _save
 from .runner import RunRecord, summarize
-from .search import SearchSettings, variant_of
+from .search import SearchSettings, finished, point_key, variant_of
 
 if TYPE_CHECKING:
     import optuna
@@ -69,12 +69,21 @@ def run_best(settings: SearchSettings, study: "optuna.Study",
 
 def trial_rows(study: "optuna.Study") -> list[dict[str, Any]]:
     r"""Every trial of the study: number, params, state (``complete``, ``pruned``,
-    ``failed`` in training, ``interrupted``, ``running``, ``waiting``), valid score (a
+    ``failed`` in training, ``interrupted``, ``repeat`` (a point another trial holds, not
+    trained, with ``repeat_of``), ``running``, ``waiting``), valid score (a
     pruned trial's best before it stopped), epochs, seconds, folder and host."""
     rows = []
+    holders: dict[Any, int] = {}  # point -> the first finished trial that holds it
     for t in study.get_trials(deepcopy=False):
         state = t.state.name.lower()
-        if state == "fail":
+        repeat_of = t.user_attrs.get("repeat_of")
+        if repeat_of is None and finished(t):
+            # a point trained again (studies from before repeats were answered)
+            repeat_of = holders.setdefault(point_key(t.params), t.number)
+            repeat_of = None if repeat_of == t.number else repeat_of
+        if repeat_of is not None:
+            state = "repeat"
+        elif state == "fail":
             state = "failed" if "error" in t.user_attrs else "interrupted"
         value = t.value if t.value is not None else max(t.intermediate_values.values(),
                                                         default=None)
@@ -82,6 +91,8 @@ def trial_rows(study: "optuna.Study") -> list[dict[str, Any]]:
             if t.datetime_complete and t.datetime_start else None
         notes: dict[str, Any] = {k: t.user_attrs[k] for k in ("error", "retry_of")
                                  if k in t.user_attrs}
+        if repeat_of is not None:
+            notes["repeat_of"] = repeat_of
         rows.append({"number": t.number, "params": dict(t.params), "state": state,
                      "valid": value, "epochs": t.last_step, "seconds": seconds,
                      "folder": t.user_attrs.get("folder"), "host": t.user_attrs.get("host"),
