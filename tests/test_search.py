@@ -455,22 +455,26 @@ def test_a_worker_stuck_on_held_points_of_a_range_space_stops(project, tmp_path,
 def test_a_point_another_trial_is_training_is_not_trained_twice(project, tmp_path):
     import optuna
 
-    from brmrs_pyg.experiments.search import RepeatedPoint, counts, run_trial
+    from brmrs_pyg.experiments.search import counts, run_trial
     settings = settings_for(project, tmp_path / "search", space={"reg_weight": [1e-2, 1e-3]})
     study = optuna.create_study(direction="maximize")
     running = study.ask()
     running.suggest_categorical("reg_weight", [1e-2, 1e-3])  # a worker trains it now
+    running.report(0.25, 1)
     study.enqueue_trial(dict(running.params))
     second = study.ask()
-    with pytest.raises(RepeatedPoint, match=f"trial {running.number} holds the same point"):
+    # ended as a pruned trial with the other's scores so far (the sampler sees no more)
+    with pytest.raises(optuna.TrialPruned, match=f"the point of trial {running.number} "
+                                                 r"\(running\)"):
         run_trial(second, settings)
     assert second.user_attrs == {"repeat_of": running.number}  # no folder, no host
+    study.tell(second, state=optuna.trial.TrialState.PRUNED)
+    assert study.trials[second.number].intermediate_values == {1: 0.25}
     # the other point is queued for the next trial
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     other = ({1e-2, 1e-3} - {running.params["reg_weight"]}).pop()
     assert [t.system_attrs["fixed_params"] for t in waiting] == [{"reg_weight": other}]
-    study.tell(second, state=optuna.trial.TrialState.FAIL)
-    assert counts(study) == (0, 1)
+    assert counts(study) == (0, 1)  # the repeat is not a finished point
 
 
 @pytest.mark.needs_extra("search")

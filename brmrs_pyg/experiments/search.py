@@ -79,11 +79,6 @@ class SearchError(SuiteError):
     r"""A search cannot run as asked (optuna missing, a foreign ``--out``, a bad space)."""
 
 
-class RepeatedPoint(Exception):
-    r"""A trial's point is being trained by another trial right now: the trial ends failed
-    (``repeat_of``), not counted, and trains nothing."""
-
-
 def import_optuna() -> Any:
     r"""The ``optuna`` module, or :class:`SearchError` naming the extra that installs it."""
     try:
@@ -285,8 +280,11 @@ def point_key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 def finished(trial: "optuna.trial.FrozenTrial") -> bool:
     r"""Whether a trial trained to its end: complete, pruned, or failed in training (with
-    an ``error`` attribute; a failed trial without one was interrupted or a repeat)."""
+    an ``error`` attribute; a failed trial without one was interrupted), and not a repeat
+    (``repeat_of``: it trained nothing)."""
     from optuna.trial import TrialState
+    if "repeat_of" in trial.user_attrs:
+        return False
     return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
         trial.state == TrialState.FAIL and "error" in trial.user_attrs)
 
@@ -407,10 +405,11 @@ def _holder(trial: "optuna.Trial", params: Mapping[str, Any]
 
 def _repeat(trial: "optuna.Trial", earlier: "optuna.trial.FrozenTrial",
             settings: SearchSettings) -> float:
-    r"""Ends a trial whose point ``earlier`` holds, without training: with ``earlier``'s
-    result when it has one (so the sampler learns nothing new but loses nothing), failed
-    (:class:`RepeatedPoint`) while ``earlier`` is still running. Over a list-only space an
-    untried point is queued first, so the next trial trains something new."""
+    r"""Ends a trial whose point ``earlier`` holds, without training, with ``earlier``'s
+    result so far, so the sampler learns nothing new but loses nothing: its value when it
+    completed; otherwise (pruned, failed, or still running on another worker) its valid
+    scores so far, as a pruned trial. Over a list-only space an untried point is queued
+    first, so the next trial trains something new."""
     import optuna
     from optuna.trial import TrialState
     trial.set_user_attr("repeat_of", earlier.number)
@@ -418,12 +417,10 @@ def _repeat(trial: "optuna.Trial", earlier: "optuna.trial.FrozenTrial",
     if earlier.state == TrialState.COMPLETE:
         assert earlier.value is not None
         return earlier.value
-    if earlier.state == TrialState.PRUNED:
-        for step, value in earlier.intermediate_values.items():
-            trial.report(value, step)
-        raise optuna.TrialPruned(f"repeat of pruned trial {earlier.number}")
-    raise RepeatedPoint(f"trial {earlier.number} holds the same point "
-                        f"({earlier.state.name.lower()})")
+    for step, value in earlier.intermediate_values.items():
+        trial.report(value, step)
+    raise optuna.TrialPruned(f"the point of trial {earlier.number} "
+                             f"({earlier.state.name.lower()})")
 
 
 def _queue_untried(study: "optuna.Study", settings: SearchSettings, number: int) -> None:
@@ -476,7 +473,7 @@ def optimize(settings: SearchSettings, study: "optuna.Study") -> None:
             return run_trial(trial, settings)
 
         try:
-            study.optimize(objective, n_trials=1, catch=(TrainingError, RepeatedPoint))
+            study.optimize(objective, n_trials=1, catch=(TrainingError,))
         finally:
             turn.release()
         repeat = study.get_trials(deepcopy=False)[mine[-1]].user_attrs.get("repeat_of")
