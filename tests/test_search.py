@@ -167,8 +167,11 @@ def test_a_trial_left_running_by_a_dead_process_runs_again(project, tmp_path, ru
     states = [t["state"] for t in content["trials"]]
     assert states[:2] == ["interrupted", "running"] and states[2] == "complete"
     assert content["trials"][2]["params"] == {"reg_weight": 1e-3, "num_layers": 2}
-    # one finished trial and one running elsewhere make the two trials wanted
-    assert len(finished(content)) == 1 and runs == [out / "trials" / "2"]
+    # one finished trial and one running elsewhere make the two trials wanted; the card's
+    # point, which this study did not hold, runs on top of them
+    assert runs == [out / "trials" / "2", out / "trials" / "3"]
+    assert len(finished(content)) == 2 and content["trials"][3]["card"] is True
+    assert content["trials"][3]["params"] == {"reg_weight": 1e-3, "num_layers": 1}
 
 
 @pytest.mark.needs_extra("search")
@@ -411,18 +414,20 @@ def test_a_repeated_point_is_answered_without_training_and_an_untried_one_runs_n
     content = search_module.search(settings_for(project, out, trials=5, space=space,
                                                 pruner="none"))
     states = [t["state"] for t in content["trials"]]
-    assert states == ["complete", "repeat", "complete", "repeat", "complete"]
+    # the card's point (reg_weight=1e-3) first, then the sampler's 1e-2 twice: the second
+    # time it is answered and the untried 1e-4 runs next
+    assert states == ["complete", "complete", "repeat", "complete"]
+    assert content["trials"][0]["params"] == {"reg_weight": 1e-3}
     trained = [t for t in content["trials"] if t["state"] == "complete"]
-    assert sorted(t["params"]["reg_weight"] for t in trained) == [1e-4, 1e-3, 1e-2]
-    assert len(runs) == 3 and sorted(p.name for p in runs) == ["0", "2", "4"]
-    for t in content["trials"]:
-        if t["state"] == "repeat":  # trial 0's point and result, no folder of its own
-            assert t["repeat_of"] == 0 and t["params"] == {"reg_weight": 1e-2}
-            assert t["valid"] == content["trials"][0]["valid"] and t["folder"] is None
-            assert not (out / "trials" / str(t["number"])).exists()
+    assert [t["params"]["reg_weight"] for t in trained] == [1e-3, 1e-2, 1e-4]
+    assert sorted(p.name for p in runs) == ["0", "1", "3"]
+    repeat = content["trials"][2]  # trial 1's point and result, no folder of its own
+    assert repeat["repeat_of"] == 1 and repeat["params"] == {"reg_weight": 1e-2}
+    assert repeat["valid"] == content["trials"][1]["valid"] and repeat["folder"] is None
+    assert not (out / "trials" / "2").exists()
     assert "the space has 3 points, fewer than --trials 5" in caplog.text
-    assert "trial 1: the point of trial 0 (finished or running): not trained" in caplog.text
-    assert content["best"]["trial"] in (0, 2, 4)
+    assert "trial 2: the point of trial 1 (finished or running): not trained" in caplog.text
+    assert content["best"]["trial"] in (0, 1, 3)
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert [r["state"] for r in rows] == states
     # the same command trains nothing more
@@ -498,3 +503,58 @@ def test_a_study_that_trained_a_point_twice_counts_and_lists_it_once():
     assert [r["state"] for r in rows] == ["complete", "repeat", "complete", "repeat",
                                           "interrupted"]
     assert [r.get("repeat_of") for r in rows] == [None, 0, None, 2, None]
+
+
+# --- the card's point: in every search, first, never pruned ------------------------------------
+
+def prune_all():
+    import optuna
+
+    class PruneAll(optuna.pruners.BasePruner):
+        def prune(self, study, trial):  # every trial it is asked about, at its first report
+            return True
+    return PruneAll()
+
+
+@pytest.mark.needs_extra("search")
+def test_the_card_point_runs_first_and_is_never_pruned(project, tmp_path, runs):
+    from brmrs_pyg.experiments.search import card_point, search
+    settings = settings_for(project, tmp_path / "search", trials=3, epochs=3,
+                            space={"reg_weight": [1e-2, 1e-3, 1e-4], "num_layers": [1, 2]},
+                            pruner=prune_all())
+    # the tiny card's lightgcn: reg_weight 1e-3 and one layer
+    assert card_point(settings) == {"reg_weight": 1e-3, "num_layers": 1}
+    content = search(settings)
+    first = content["trials"][0]
+    assert first["params"] == card_point(settings) and first["card"] is True
+    assert first["state"] == "complete" and first["epochs"] == 3  # the pruner was not asked
+    assert [t["state"] for t in content["trials"][1:]] == ["pruned", "pruned"]
+    assert content["best"]["trial"] == 0
+    # a space without the card's value has no card point
+    assert card_point(dataclasses.replace(settings, space={"reg_weight": [1e-2, 1e-4]})) is None
+
+
+@pytest.mark.needs_extra("search")
+def test_a_study_that_pruned_the_card_point_trains_it_again_on_top(project, tmp_path, runs):
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from brmrs_pyg.experiments.search import counts, identity, open_study, search
+    space = {"reg_weight": [1e-2, 1e-3, 1e-4]}
+    out = tmp_path / "search"
+    settings = settings_for(project, out, trials=2, space=space, pruner="none")
+    study = open_study(settings, identity(settings))  # as searched before the rule
+    dist = {"reg_weight": CategoricalDistribution(space["reg_weight"])}
+    study.add_trial(create_trial(params={"reg_weight": 1e-3}, distributions=dist,
+                                 state=TrialState.PRUNED, intermediate_values={1: 0.1}))
+    study.add_trial(create_trial(params={"reg_weight": 1e-2}, distributions=dist, value=0.2))
+    content = search(settings)
+    assert runs == [out / "trials" / "2"]  # only the card's point, unpruned
+    rows = content["trials"]
+    assert [r["state"] for r in rows] == ["repeat", "complete", "complete"]
+    assert rows[0]["repeat_of"] == 2 and rows[2]["card"] is True
+    assert counts(optuna.load_study(study_name=content["study"],
+                                    storage=settings.storage_url)) == (2, 0)
+    search(settings)  # nothing more to train
+    assert len(runs) == 1

@@ -15,7 +15,10 @@ the study already holds (TPE does, more and more as it narrows down over a list-
 gets that trial's result back without training, the trial is marked ``repeat_of`` and not
 counted, and, over a list-only space, an untried point is queued next (:func:`run_trial`).
 So every search of a budget of N trains N distinct points (or the whole grid, when it has
-fewer). A trial stopped by Ctrl-C, SIGTERM or a crash is marked
+fewer). One of them is always the model card's own point (the run's config for the searched
+keys, when the space holds it): it is queued first and never pruned (:func:`queue_card_point`),
+so a search never ends below the card on valid because its point was stopped early or never
+drawn; a study from before this rule gets it as one more trial. A trial stopped by Ctrl-C, SIGTERM or a crash is marked
 failed without an ``error`` attribute (interrupted), does not count, and its point is queued
 again; a trial left ``RUNNING`` by a killed process (SIGKILL, power loss) is recognised on the
 next start by its host and dead process id and handled the same way. Trials running on other
@@ -325,12 +328,64 @@ def recover_stale(study: "optuna.Study") -> list[int]:
                 study.tell(t.number, state=TrialState.FAIL)
             except (RuntimeError, ValueError):  # another worker recovered it first
                 continue
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            study.enqueue_trial(t.params, user_attrs=_retry_attrs(t))
             stale.append(t.number)
     if stale:
         log.info("trial(s) %s were left running by a process that died: marked failed "
                  "(interrupted) and queued again", ", ".join(map(str, stale)))
     return stale
+
+
+def _retry_attrs(trial: "optuna.Trial | optuna.trial.FrozenTrial") -> dict[str, Any]:
+    # an interrupted trial's point runs again, as the card's point if it was that
+    return {"retry_of": trial.number, **({"card": True} if trial.user_attrs.get("card")
+                                          else {})}
+
+
+def card_point(settings: SearchSettings) -> dict[str, Any] | None:
+    r"""The model card's point in the space: the searched keys' values in the run's config
+    without the search (card defaults, the variant's and the suite's keys), each as the
+    space writes it; ``None`` when the space does not hold it."""
+    base = settings.config({}, settings.seeds[0]).flat()
+    point: dict[str, Any] = {}
+    for key, domain in settings.space.items():
+        value = base.get(key)
+        if isinstance(domain, Range):
+            if value is None or not domain.low <= value <= domain.high:
+                return None
+            point[key] = value
+        else:
+            same = [v for v in domain if v == value and type(v) is type(value)
+                    or (isinstance(v, float) and isinstance(value, (int, float))
+                        and not isinstance(value, bool) and v == value)]
+            if not same:
+                return None
+            point[key] = same[0]
+    return point
+
+
+def queue_card_point(study: "optuna.Study", settings: SearchSettings) -> bool:
+    r"""Queues the card's point (:func:`card_point`) as a trial that is never pruned, unless
+    a complete trial holds it or a card trial is queued, running or finished already;
+    returns whether one is waiting to run."""
+    from optuna.trial import TrialState
+    point = card_point(settings)
+    if point is None:
+        log.info("the card's point is not in the space: the search does not include it")
+        return False
+    key = point_key(point)
+    for t in study.get_trials(deepcopy=False):
+        card = bool(t.user_attrs.get("card"))
+        if card and t.state == TrialState.WAITING:
+            return True
+        if (card and (finished(t) or t.state == TrialState.RUNNING)) or (
+                t.state == TrialState.COMPLETE and finished(t)
+                and point_key(t.params) == key):
+            return False
+    study.enqueue_trial(point, user_attrs={"card": True})
+    log.info("the card's point (%s) runs first, never pruned",
+             " ".join(f"{k}={override_text(v)}" for k, v in point.items()))
+    return True
 
 
 def suggest(trial: "optuna.Trial", space: Grid) -> dict[str, Any]:
@@ -357,7 +412,8 @@ def run_trial(trial: "optuna.Trial", settings: SearchSettings) -> float:
     it propagates."""
     import optuna
     params = suggest(trial, settings.space)
-    earlier = _holder(trial, params)
+    card = bool(trial.user_attrs.get("card"))
+    earlier = _holder(trial, params, complete_only=card)
     if earlier is not None:
         return _repeat(trial, earlier, settings)
     folder = settings.out / "trials" / str(trial.number)
@@ -369,7 +425,7 @@ def run_trial(trial: "optuna.Trial", settings: SearchSettings) -> float:
         nonlocal best, pruned
         best = max(best, score)
         trial.report(best, epoch)
-        pruned = trial.should_prune()
+        pruned = not card and trial.should_prune()
         return pruned
 
     try:
@@ -380,24 +436,26 @@ def run_trial(trial: "optuna.Trial", settings: SearchSettings) -> float:
         trial.set_user_attr("error", str(exc))
         raise
     except BaseException:
-        trial.study.enqueue_trial(params, user_attrs={"retry_of": trial.number})
+        trial.study.enqueue_trial(params, user_attrs=_retry_attrs(trial))
         raise
     if pruned:
         raise optuna.TrialPruned(f"pruned after epoch {results['epochs_run']}")
     return valid_score(results)
 
 
-def _holder(trial: "optuna.Trial", params: Mapping[str, Any]
+def _holder(trial: "optuna.Trial", params: Mapping[str, Any], complete_only: bool = False
             ) -> "optuna.trial.FrozenTrial | None":
     r"""The first other trial of the study that holds ``params``, not a repeat itself:
     finished (its result stands) or running with a lower number (it is being trained; of
-    two workers that drew the same point at once, the first trial trains it)."""
+    two workers that drew the same point at once, the first trial trains it); with
+    ``complete_only`` (the card's point, which a pruned trial does not settle), complete."""
     from optuna.trial import TrialState
     key = point_key(params)
     for t in trial.study.get_trials(deepcopy=False):
-        if (t.number != trial.number and "repeat_of" not in t.user_attrs
-                and (finished(t) or (t.state == TrialState.RUNNING
-                                     and t.number < trial.number))
+        holds = (t.state == TrialState.COMPLETE if complete_only
+                 else finished(t) or (t.state == TrialState.RUNNING
+                                      and t.number < trial.number))
+        if (t.number != trial.number and "repeat_of" not in t.user_attrs and holds
                 and point_key(t.params) == key):
             return t
     return None
@@ -455,7 +513,7 @@ def optimize(settings: SearchSettings, study: "optuna.Study") -> None:
         turn = FileLock(settings.out / "study.lock")
         recover_stale(study)
         done, running = counts(study)
-        if done + running >= wanted:
+        if done + running >= wanted and not card_waiting(study):
             turn.release()
             break
         if repeats >= MAX_REPEATS:
@@ -488,6 +546,14 @@ def optimize(settings: SearchSettings, study: "optuna.Study") -> None:
     if running and settings.workers == 1:  # a worker's siblings are no one else's
         log.info("%d trial(s) still running elsewhere: the best point is chosen among the "
                  "finished ones; run the command again later to include them", running)
+
+
+def card_waiting(study: "optuna.Study") -> bool:
+    r"""Whether the card's point is queued and not yet taken (it runs even when the study
+    holds its budget of points: a study from before it was queued gets it on top)."""
+    from optuna.trial import TrialState
+    return any(t.user_attrs.get("card")
+               for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def progress_line(study: "optuna.Study", number: int, spent: list[float], wanted: int,
@@ -534,6 +600,8 @@ def search(settings: SearchSettings) -> dict[str, Any]:
     log.info("search %s: %d trials of %s on %s, sampler %s, pruner %s, storage %s, into %s",
              study.study_name, settings.trials, settings.model, ident["config"]["dataset"],
              settings.sampler, settings.pruner_name, _redacted(settings.storage_url), settings.out)
+    recover_stale(study)  # an interrupted trial's point runs again first
+    queue_card_point(study, settings)
     executor = settings.runner.executor
     if executor is not None and not executor.inline:
         optimize_on_workers(settings, study)

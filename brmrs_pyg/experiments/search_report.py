@@ -73,14 +73,20 @@ def trial_rows(study: "optuna.Study") -> list[dict[str, Any]]:
     trained, with ``repeat_of``), ``running``, ``waiting``), valid score (a
     pruned trial's best before it stopped), epochs, seconds, folder and host."""
     rows = []
-    holders: dict[Any, int] = {}  # point -> the first finished trial that holds it
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    # the trial that stands for each point trained more than once (studies from before
+    # repeats were answered; the card's point trained again unpruned): the card's, else the
+    # first; the others are repeats of it
+    holders: dict[Any, int] = {}
+    for t in trials:
+        if finished(t) and (t.user_attrs.get("card")
+                            or point_key(t.params) not in holders):
+            holders[point_key(t.params)] = t.number
+    for t in trials:
         state = t.state.name.lower()
         repeat_of = t.user_attrs.get("repeat_of")
-        if repeat_of is None and finished(t):
-            # a point trained again (studies from before repeats were answered)
-            repeat_of = holders.setdefault(point_key(t.params), t.number)
-            repeat_of = None if repeat_of == t.number else repeat_of
+        if repeat_of is None and finished(t) and holders[point_key(t.params)] != t.number:
+            repeat_of = holders[point_key(t.params)]
         if repeat_of is not None:
             state = "repeat"
         elif state == "fail":
@@ -89,7 +95,7 @@ def trial_rows(study: "optuna.Study") -> list[dict[str, Any]]:
                                                         default=None)
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() \
             if t.datetime_complete and t.datetime_start else None
-        notes: dict[str, Any] = {k: t.user_attrs[k] for k in ("error", "retry_of")
+        notes: dict[str, Any] = {k: t.user_attrs[k] for k in ("error", "retry_of", "card")
                                  if k in t.user_attrs}
         if repeat_of is not None:
             notes["repeat_of"] = repeat_of

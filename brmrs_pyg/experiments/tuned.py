@@ -6,8 +6,10 @@ Each variant is searched like ``run.py search --space card`` (:func:`.search.sea
 copy of it) into ``<out>/<label>/``: the same trials, sampler (TPE), pruner, epochs and seeds
 for all, over its model card's ``grid:`` block minus the keys the variant fixes and the keys
 set for every run. A grid with no more points than the trials is searched whole instead,
-each point once (:func:`sampler_and_trials`): TPE would only repeat points there. The best
-point by valid (never test) runs on every seed; the table has one row per variant.
+each point once (:func:`sampler_and_trials`): TPE would only repeat points there. Every
+search counts distinct points and includes the card's own point, never pruned
+(:mod:`.search`). The best point by valid (never test) runs on every seed; the table has one
+row per variant.
 Re-running continues unfinished searches and trains nothing for finished ones (the study in
 each ``study.db`` counts its finished trials).
 
@@ -344,12 +346,15 @@ def report(ctx: TunedContext, tuned: Sequence[Tuned]) -> dict[str, Any]:
     metrics = list(dict.fromkeys(m for r in rows for m in r.cells))
     fixed = [t.variant.name for t in tuned if not t.search.space]
     notes = [f"Equal budget: each variant searched on valid (seed {ctx.seeds[0]}) with "
-             f"{ctx.trials} finished trials, sampler {SAMPLER}, pruner {ctx.pruner}, over its "
-             "model card's grid: block minus the keys it fixes and those set for every run "
-             f"(a grid of at most {ctx.trials} points searched whole, each point once); "
-             "the best complete trial by valid (never test) then on every seed. point: the "
-             "chosen values; trials: finished trials, of which pruned; valid_*: the mean valid "
-             "score selected on.", COST_NOTE]
+             f"{ctx.trials} finished trials, each a distinct point (a point proposed again is "
+             f"answered without training and not counted), sampler {SAMPLER}, pruner "
+             f"{ctx.pruner}, over its model card's grid: block minus the keys it fixes and "
+             f"those set for every run (a grid of at most {ctx.trials} points searched whole, "
+             "each point once); the card's own point is one of them, run first and never "
+             "pruned (searches from before that rule got it as one more trial); the best "
+             "complete trial by valid (never test) then on every seed. point: the chosen "
+             "values; trials: finished trials (distinct points), of which pruned; valid_*: "
+             "the mean valid score selected on.", COST_NOTE]
     if fixed:
         notes.append(f"Nothing left to tune, the fixed point on every seed: {', '.join(fixed)}.")
     if ref is not None:
