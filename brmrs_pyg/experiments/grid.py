@@ -55,6 +55,11 @@ class Range:
 Grid = Mapping[str, "Sequence[Any] | Range"]
 
 
+def has_ranges(space: Grid) -> bool:
+    r"""Whether a space has a :class:`Range`, so that its points cannot be listed."""
+    return any(isinstance(d, Range) for d in space.values())
+
+
 def grid_points(grid: Grid) -> list[dict[str, Any]]:
     r"""The Cartesian product of ``grid``, in the order of its keys (last key fastest).
     A :class:`Range` cannot be enumerated and is refused.

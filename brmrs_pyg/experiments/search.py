@@ -18,7 +18,8 @@ So every search of a budget of N trains N distinct points (or the whole grid, wh
 fewer). One of them is always the model card's own point (the run's config for the searched
 keys, when the space holds it): it is queued first and never pruned (:func:`queue_card_point`),
 so a search never ends below the card on valid because its point was stopped early or never
-drawn; a study from before this rule gets it as one more trial. A trial stopped by Ctrl-C, SIGTERM or a crash is marked
+drawn; a study from before this rule gets it as one more trial. A trial stopped by Ctrl-C,
+SIGTERM or a crash is marked
 failed without an ``error`` attribute (interrupted), does not count, and its point is queued
 again; a trial left ``RUNNING`` by a killed process (SIGKILL, power loss) is recognised on the
 next start by its host and dead process id and handled the same way. Trials running on other
@@ -50,7 +51,7 @@ from brmrs_pyg.config import ADDED_KEYS, Config
 from brmrs_pyg.io import FileLock, process_running
 from brmrs_pyg.train import TrainingError
 
-from .grid import Grid, Range, grid_points, valid_score
+from .grid import Grid, Range, grid_points, has_ranges, valid_score
 from .executor import Slot, seconds_per_run
 from .runner import SUITE_KEYS, Runner, SuiteError, Variant, eta, override_text, with_threads
 
@@ -308,7 +309,7 @@ def counts(study: "optuna.Study") -> tuple[int, int]:
 
 def trials_wanted(settings: "SearchSettings") -> int:
     r"""``settings.trials``, or the number of points of a list-only space with fewer."""
-    if any(isinstance(d, Range) for d in settings.space.values()):
+    if has_ranges(settings.space):
         return settings.trials
     return min(settings.trials, grid_size(settings.space))
 
@@ -355,37 +356,33 @@ def card_point(settings: SearchSettings) -> dict[str, Any] | None:
                 return None
             point[key] = value
         else:
-            same = [v for v in domain if v == value and type(v) is type(value)
-                    or (isinstance(v, float) and isinstance(value, (int, float))
-                        and not isinstance(value, bool) and v == value)]
+            # equal values (1 and 1.0 are; True and 1 are not)
+            same = [v for v in domain
+                    if v == value and isinstance(v, bool) == isinstance(value, bool)]
             if not same:
                 return None
             point[key] = same[0]
     return point
 
 
-def queue_card_point(study: "optuna.Study", settings: SearchSettings) -> bool:
+def queue_card_point(study: "optuna.Study", settings: SearchSettings) -> None:
     r"""Queues the card's point (:func:`card_point`) as a trial that is never pruned, unless
-    a complete trial holds it or a card trial is queued, running or finished already;
-    returns whether one is waiting to run."""
+    a complete trial holds it or a card trial is queued, running or finished already."""
     from optuna.trial import TrialState
     point = card_point(settings)
     if point is None:
         log.info("the card's point is not in the space: the search does not include it")
-        return False
+        return
     key = point_key(point)
     for t in study.get_trials(deepcopy=False):
         card = bool(t.user_attrs.get("card"))
-        if card and t.state == TrialState.WAITING:
-            return True
-        if (card and (finished(t) or t.state == TrialState.RUNNING)) or (
+        if (card and (finished(t) or t.state in (TrialState.WAITING, TrialState.RUNNING))) or (
                 t.state == TrialState.COMPLETE and finished(t)
                 and point_key(t.params) == key):
-            return False
+            return
     study.enqueue_trial(point, user_attrs={"card": True})
     log.info("the card's point (%s) runs first, never pruned",
              " ".join(f"{k}={override_text(v)}" for k, v in point.items()))
-    return True
 
 
 def suggest(trial: "optuna.Trial", space: Grid) -> dict[str, Any]:
@@ -484,7 +481,7 @@ def _repeat(trial: "optuna.Trial", earlier: "optuna.trial.FrozenTrial",
 def _queue_untried(study: "optuna.Study", settings: SearchSettings, number: int) -> None:
     # a point of a list-only space that no trial holds or waits for, drawn with a seed of
     # the study's first seed and the trial's number (the same draw on a rerun)
-    if any(isinstance(d, Range) for d in settings.space.values()):
+    if has_ranges(settings.space):
         return
     from optuna.trial import TrialState
     taken = set()

@@ -32,7 +32,7 @@ from brmrs_pyg.recommenders import MODELS
 from brmrs_pyg.registry import normalize_name
 
 from .diagnostics import TYPE_NOTE, known_type_recalls, type_cells
-from .grid import Grid, Range, card_grid
+from .grid import Grid, card_grid, has_ranges
 from .report import SIGNIFICANCE_NOTE, TABLE_METRICS, TableRow, bar_plot, write_tables
 from .runner import (SUITE_KEYS, RunRecord, Runner, Summary, Variant, _slug, override_text,
                      summarize)
@@ -188,7 +188,7 @@ def sampler_and_trials(space: Grid, trials: int) -> tuple[str, int]:
     >>> sampler_and_trials({"a": [1, 2, 3]}, 20), sampler_and_trials({"a": [1, 2, 3]}, 2)
     (('grid', 3), ('tpe', 2))
     """
-    if space and not any(isinstance(d, Range) for d in space.values()):
+    if space and not has_ranges(space):
         size = grid_size(space)
         if size <= trials:
             return "grid", size
