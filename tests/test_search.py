@@ -558,3 +558,19 @@ def test_a_study_that_pruned_the_card_point_trains_it_again_on_top(project, tmp_
                                     storage=settings.storage_url)) == (2, 0)
     search(settings)  # nothing more to train
     assert len(runs) == 1
+
+
+def test_the_progress_line_says_when_the_card_point_ran_on_top_of_the_budget():
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import create_trial
+
+    from brmrs_pyg.experiments.search import progress_line
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    dist = {"reg_weight": CategoricalDistribution([1e-2, 1e-3, 1e-4])}
+    for value, reg in ((0.2, 1e-2), (0.3, 1e-3), (0.1, 1e-4)):
+        study.add_trial(create_trial(params={"reg_weight": reg}, distributions=dist, value=value))
+    line = progress_line(study, 2, [4.0], wanted=3)
+    assert line.startswith("trial 2 (3/3): COMPLETE valid 0.1000 | best 0.3000 (trial 1) | 4s")
+    assert progress_line(study, 2, [4.0], wanted=2).startswith("trial 2 (2/2 + 1 on top): ")

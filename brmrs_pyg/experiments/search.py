@@ -556,7 +556,8 @@ def card_waiting(study: "optuna.Study") -> bool:
 def progress_line(study: "optuna.Study", number: int, spent: list[float], wanted: int,
                   workers: int = 1) -> str:
     r"""``trial N (i/T): STATE valid v | best b (trial k) | elapsed | ETA``, the ETA for
-    ``workers`` running trials at once."""
+    ``workers`` running trials at once; ``(T/T + k on top)`` once the card's point ran on top
+    of a study that already held its budget."""
     from optuna.trial import TrialState
     trial = study.get_trials(deepcopy=False)[number]
     done, _ = counts(study)
@@ -566,7 +567,9 @@ def progress_line(study: "optuna.Study", number: int, spent: list[float], wanted
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     top = best_trial(study) if complete else None
     best = f"best {top.value:.4f} (trial {top.number})" if top else "best -"
-    return (f"trial {number} ({done}/{wanted}): {trial.state.name} valid {value} | {best} | "
+    # a study searched before the card's point was queued gets that point on top of its budget
+    of = f"{done}/{wanted}" if done <= wanted else f"{wanted}/{wanted} + {done - wanted} on top"
+    return (f"trial {number} ({of}): {trial.state.name} valid {value} | {best} | "
             f"{spent[-1]:.0f}s | ETA "
             f"{eta(seconds_per_run(spent, workers), max(wanted - done, 0))}")
 
