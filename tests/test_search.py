@@ -560,6 +560,7 @@ def test_a_study_that_pruned_the_card_point_trains_it_again_on_top(project, tmp_
     assert len(runs) == 1
 
 
+@pytest.mark.needs_extra("search")
 def test_the_progress_line_says_when_the_card_point_ran_on_top_of_the_budget():
     import optuna
     from optuna.distributions import CategoricalDistribution
