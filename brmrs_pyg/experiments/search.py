@@ -375,11 +375,11 @@ def queue_card_point(study: "optuna.Study", settings: SearchSettings) -> None:
         return
     key = point_key(point)
     for t in study.get_trials(deepcopy=False):
-        card = bool(t.user_attrs.get("card"))
-        if (card and (finished(t) or t.state in (TrialState.WAITING, TrialState.RUNNING))) or (
-                t.state == TrialState.COMPLETE and finished(t)
-                and point_key(t.params) == key):
-            return
+        if t.user_attrs.get("card") and (
+                finished(t) or t.state in (TrialState.WAITING, TrialState.RUNNING)):
+            return  # queued, running or trained as the card's point already
+        if t.state == TrialState.COMPLETE and finished(t) and point_key(t.params) == key:
+            return  # a complete trial holds it
     study.enqueue_trial(point, user_attrs={"card": True})
     log.info("the card's point (%s) runs first, never pruned",
              " ".join(f"{k}={override_text(v)}" for k, v in point.items()))
@@ -567,7 +567,6 @@ def progress_line(study: "optuna.Study", number: int, spent: list[float], wanted
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     top = best_trial(study) if complete else None
     best = f"best {top.value:.4f} (trial {top.number})" if top else "best -"
-    # a study searched before the card's point was queued gets that point on top of its budget
     of = f"{done}/{wanted}" if done <= wanted else f"{wanted}/{wanted} + {done - wanted} on top"
     return (f"trial {number} ({of}): {trial.state.name} valid {value} | {best} | "
             f"{spent[-1]:.0f}s | ETA "
@@ -612,12 +611,11 @@ def search(settings: SearchSettings) -> dict[str, Any]:
 
 
 def optimize_on_workers(settings: SearchSettings, study: "optuna.Study") -> None:
-    r""":func:`optimize` in each of the runner's executor's workers, on the same study; a
-    worker that died is reported and its trial queued again (run the command again if the
+    r""":func:`optimize` in each of the runner's executor's workers, on the same study (whose
+    stale trials :func:`search` has recovered already); a worker that died is reported and its trial queued again (run the command again if the
     study is still short of ``trials``)."""
     executor = settings.runner.executor
     assert executor is not None
-    recover_stale(study)
 
     def job(slot: Slot) -> tuple[SearchSettings]:
         runner = Runner(with_threads(settings.runner.settings, slot))
