@@ -34,7 +34,7 @@ SPLIT_PROTOCOLS = ("given", "cold_items")
 #: behaviour from before it existed. A stored config (a checkpoint's, a search's identity)
 #: without such a key is read as holding that value, so that a run interrupted, or a search
 #: stored, before the key existed is still resumed and found.
-ADDED_KEYS: dict[str, Any] = {"syn_warmup": 0, "balance_terms": False}
+ADDED_KEYS: dict[str, Any] = {"syn_warmup": 0, "balance_terms": False, "min_epochs": 0}
 
 
 def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any],
@@ -86,6 +86,8 @@ class RunConfig:
     batch_size: int = option(2048, "training triples per batch")
     lr: float = option(1e-3, "Adam learning rate")
     patience: int = option(20, "epochs without valid improvement before stopping")
+    min_epochs: int = option(0, "epochs trained before early stopping (or a search's "
+                                "pruner) may end a run")
     valid_metric: str = option("recall@20", "metric for early stopping and model selection")
     eval_batch_size: int = option(4096, "users scored at once during full-ranking evaluation")
     knn_k: int = option(10, "neighbours per item in each modality's item-item kNN graph")
@@ -127,7 +129,7 @@ class RunConfig:
                                       "split=cold_items only: add split=cold_items, or drop it")
         if not 0.0 <= self.ii_mix <= 1.0:
             raise ConfigError(f"ii_mix must lie in [0, 1], got {self.ii_mix}")
-        for key in ("threads", "checkpoint_every", "uu_k"):
+        for key in ("threads", "checkpoint_every", "uu_k", "min_epochs"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not self.lr > 0:

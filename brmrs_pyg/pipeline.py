@@ -367,6 +367,7 @@ def _train_and_report(model: Recommender, data: InteractionData, config: Config,
     train_index, evaluators = build_evaluators(data, device, run_cfg.eval_batch_size)
     settings = TrainSettings(epochs=run_cfg.epochs, batch_size=run_cfg.batch_size,
                              lr=run_cfg.lr, patience=run_cfg.patience,
+                             min_epochs=run_cfg.min_epochs,
                              valid_metric=run_cfg.valid_metric)
     flat = config.flat()
     result = train(model, data.train.to(device), train_index, evaluators["valid"],

@@ -75,6 +75,7 @@ class TrainSettings:
     batch_size: int = 2048
     lr: float = 1e-3
     patience: int = 20
+    min_epochs: int = 0
     valid_metric: str = "recall@20"
     progress: bool | None = None  # tqdm's default: a bar only on a terminal
 
@@ -218,7 +219,8 @@ def train(model: Recommender, train_edges: Tensor, train_index: PairIndex,
     After each epoch the model is evaluated on ``valid``; when ``settings.valid_metric``
     improves, the test split (and every branch, for multi-branch models) is evaluated and the
     weights are kept (and saved to ``checkpoints.best``). Training stops after
-    ``settings.patience`` epochs without improvement.
+    ``settings.patience`` epochs without improvement, but not before epoch
+    ``settings.min_epochs``.
 
     Args:
         checkpoints (Checkpointing, optional): Where to save ``best.pt`` and ``last.pt``
@@ -244,7 +246,7 @@ def train(model: Recommender, train_edges: Tensor, train_index: PairIndex,
         state = (TrainState() if resume is None
                  else _resume(resume, model, optimizer, settings, checkpoints))
         last = LastCheckpoint(checkpoints, model, optimizer, state, resumed=resume is not None)
-        while state.epoch < settings.epochs and state.waited < settings.patience:
+        while state.epoch < settings.epochs and not _patience_ran_out(state, settings):
             epoch = state.epoch + 1
             try:
                 start = time.perf_counter()
@@ -272,7 +274,8 @@ def train(model: Recommender, train_edges: Tensor, train_index: PairIndex,
             if on_epoch is not None and on_epoch(epoch, score):
                 log.info("stopped after epoch %d by the on_epoch callback", epoch)
                 break
-        if state.waited >= settings.patience:
+        stopped_early = _patience_ran_out(state, settings)
+        if stopped_early:
             log.info("early stop: no %s improvement for %d epochs; best epoch %d (%.4f)",
                      settings.valid_metric, settings.patience, state.best_epoch,
                      state.best_score)
@@ -284,10 +287,16 @@ def train(model: Recommender, train_edges: Tensor, train_index: PairIndex,
     epochs = max(state.epoch, 1)
     return TrainResult(best_epoch=state.best_epoch, valid=state.best_valid,
                        test=state.best_test, test_branches=state.best_branches,
-                       epochs_run=state.epoch, stopped_early=state.waited >= settings.patience,
+                       epochs_run=state.epoch, stopped_early=stopped_early,
                        seconds_per_epoch=state.train_seconds / epochs,
                        seconds_per_eval=state.eval_seconds / epochs,
                        last_losses=state.last_losses, history=state.history)
+
+
+def _patience_ran_out(state: TrainState, settings: TrainSettings) -> bool:
+    r"""Whether early stopping ends the run: ``settings.patience`` epochs without improvement,
+    once ``settings.min_epochs`` epochs have run."""
+    return state.waited >= settings.patience and state.epoch >= settings.min_epochs
 
 
 def _resume(payload: Mapping[str, Any], model: Recommender, optimizer: torch.optim.Optimizer,

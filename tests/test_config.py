@@ -57,6 +57,8 @@ def test_coercions():
                                              ({"valid_metric": "recall@7"}, "valid_metric"),
                                              ({"lr": -1.0}, "lr"),
                                              ({"threads": -1}, "threads must be >= 0"),
+                                             ({"min_epochs": -1},
+                                              "min_epochs must be >= 0"),
                                              ({"checkpoint_every": -5},
                                               "checkpoint_every must be >= 0")])
 def test_value_checks(overrides, match):

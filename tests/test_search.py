@@ -381,6 +381,31 @@ def test_an_added_key_at_its_former_value_leaves_a_search_identity_unchanged(pro
     assert ident(syn_warmup=0) == default
     assert ident(syn_warmup=5)["config"]["syn_warmup"] == 5
     assert study_name(ident(syn_warmup=5)) != study_name(default)
+    assert "min_epochs" not in default["config"] and ident(min_epochs=0) == default
+    assert study_name(ident(min_epochs=30)) != study_name(default)
+
+
+@pytest.mark.needs_extra("search")
+@pytest.mark.parametrize("min_epochs,earliest", [(0, 5), (12, 12)])
+def test_the_median_pruner_waits_for_min_epochs(project, tmp_path, min_epochs, earliest):
+    # early stopping does not end a run before min_epochs, and neither does the pruner: a trial
+    # far below five finished ones is pruned first at epoch max(5, min_epochs)
+    import optuna
+    from brmrs_pyg.experiments.search import _pruner
+    settings = settings_for(project, tmp_path / "s", pruner="median",
+                            overrides={"min_epochs": str(min_epochs)})
+    study = optuna.create_study(direction="maximize", pruner=_pruner(optuna, settings))
+    for _ in range(5):
+        done = study.ask()
+        for epoch in range(1, 21):
+            done.report(0.5, epoch)
+        study.tell(done, 0.5)
+    trial = study.ask()
+    asked = []
+    for epoch in range(1, 21):
+        trial.report(0.1, epoch)
+        asked.append(trial.should_prune())
+    assert asked.index(True) + 1 == earliest
 
 
 # --- repeated points: answered, not trained, not counted ---------------------------------------

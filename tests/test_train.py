@@ -63,6 +63,19 @@ def test_runs_all_epochs_without_patience_running_out():
     assert set(result.last_losses) == {"loss", "bpr", "reg"}
 
 
+@pytest.mark.parametrize("min_epochs,epochs_run", [(0, 3), (2, 3), (7, 7)])
+def test_early_stopping_waits_for_min_epochs(min_epochs, epochs_run):
+    # valid peaks at epoch 1: patience 2 ends the run after epoch 3, or at min_epochs if later;
+    # the best epoch stays the first either way
+    model, edges, index = setup()
+    valid = ScriptedEvaluator([0.5] + [0.1] * 20)
+    result = train(model, edges, index, valid, ScriptedEvaluator([0.4]),
+                   TrainSettings(epochs=20, batch_size=2, patience=2, min_epochs=min_epochs,
+                                 progress=False))
+    assert result.epochs_run == epochs_run and result.stopped_early
+    assert result.best_epoch == 1 and valid.calls == epochs_run
+
+
 def test_the_epoch_line_shows_that_epochs_training_time(monkeypatch, caplog):
     model, edges, index = setup()
     epoch, naps = train_module.train_epoch, iter([0.0, 0.3])

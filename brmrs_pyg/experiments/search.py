@@ -267,13 +267,16 @@ def _sampler(optuna: Any, settings: SearchSettings) -> Any:
 def _pruner(optuna: Any, settings: SearchSettings) -> Any:
     if not isinstance(settings.pruner, str):
         return settings.pruner
+    run = settings.config({}, settings.seeds[0]).run
     if settings.pruner == "median":
         # the first 5 trials are never pruned, nor any trial in its first 4 epochs, whose
-        # valid scores mostly reflect the initialisation
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5)
+        # valid scores mostly reflect the initialisation, or before epoch min_epochs, before
+        # which early stopping does not end a run either
+        return optuna.pruners.MedianPruner(n_startup_trials=5,
+                                           n_warmup_steps=max(5, run.min_epochs))
     if settings.pruner == "hyperband":
-        epochs = settings.config({}, settings.seeds[0]).run.epochs
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, run.min_epochs),
+                                              max_resource=run.epochs)
     return optuna.pruners.NopPruner()
 
 
