@@ -277,7 +277,7 @@ def train(model: Recommender, train_edges: Tensor, train_index: PairIndex,
         stopped_early = _patience_ran_out(state, settings)
         if stopped_early:
             log.info("early stop: no %s improvement for %d epochs; best epoch %d (%.4f)",
-                     settings.valid_metric, settings.patience, state.best_epoch,
+                     settings.valid_metric, state.waited, state.best_epoch,
                      state.best_score)
         last.flush()
         if signals.requested():  # arrived after the last epoch's check
