@@ -615,8 +615,8 @@ def search(settings: SearchSettings) -> dict[str, Any]:
 
 def optimize_on_workers(settings: SearchSettings, study: "optuna.Study") -> None:
     r""":func:`optimize` in each of the runner's executor's workers, on the same study (whose
-    stale trials :func:`search` has recovered already); a worker that died is reported and its trial queued again (run the command again if the
-    study is still short of ``trials``)."""
+    stale trials :func:`search` has recovered already); a worker that died is reported and its
+    trial queued again (run the command again if the study is still short of ``trials``)."""
     executor = settings.runner.executor
     assert executor is not None
 
