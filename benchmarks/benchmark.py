@@ -3,7 +3,8 @@ r"""Training and evaluation speed of models on real and synthetic data, against 
 and as the data grows.
 
 Models use their card defaults, as ``run.py`` does. For each (dataset, model) pair, in a fresh
-subprocess (so peak memory is that pair's own):
+subprocess (so peak memory is that pair's own; a synthetic dataset is generated first, in a
+process of its own, so no model's memory or setup includes the generator):
 seconds per training epoch (mean of ``--epochs`` epochs after one warm-up epoch), seconds per
 full-ranking evaluation of the valid split (mean of ``--evals``), the process CPU time per
 epoch (a ratio that survives other load on the machine), one-off setup time from start to
@@ -92,13 +93,10 @@ def timed_graph_build(record: dict[str, float]) -> Iterator[None]:
         pipeline.load_or_build_graph = original
 
 
-def measure(dataset: str, model_spec: str, opts: Options) -> dict:
-    import torch
-
-    from brmrs_pyg.allocator import reuse_freed_memory
-    from brmrs_pyg.pipeline import (Paths, build_evaluators, build_model, card_of,
-                                    load_config, load_data, resolve_device, seed_everything)
-    from brmrs_pyg.train import make_optimizer
+def run_config(dataset: str, model_spec: str, opts: Options) -> tuple[Any, Any]:
+    r"""The run configuration (and its :class:`~brmrs_pyg.pipeline.Paths`) of one
+    (dataset, model) pair, as ``run.py`` would build it."""
+    from brmrs_pyg.pipeline import Paths, load_config
 
     name, _, data_dir = dataset.partition(":")
     model_name, _, extra = model_spec.partition(":")
@@ -109,6 +107,37 @@ def measure(dataset: str, model_spec: str, opts: Options) -> dict:
                                                 "cache_dir": opts.cache_dir,
                                                 "generator": opts.generator}),
                                  ("--models", overrides)])
+    return config, paths
+
+
+def prepare(dataset: str, model_spec: str, opts: Options) -> dict:
+    r"""Generates ``dataset`` (with ``opts.generator``) if its card has a generator and its
+    folder is not there yet, by loading it as the model's run would, with a throwaway cache
+    (so the measured runs' caches stay cold). Run in a process of its own before the models
+    are measured, so that no model's peak memory or setup time includes the generator."""
+    from brmrs_pyg.pipeline import card_of, load_data
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-prepare-") as cache:
+        config, paths = run_config(dataset, model_spec,
+                                   Options(**{**asdict(opts), "cache_dir": cache}))
+        load_data(card_of(config, paths), config, paths)
+    return {"dataset": dataset, "generator": opts.generator,
+            "prepare_s": time.perf_counter() - start,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def measure(dataset: str, model_spec: str, opts: Options) -> dict:
+    import torch
+
+    from brmrs_pyg.allocator import reuse_freed_memory
+    from brmrs_pyg.pipeline import (build_evaluators, build_model, card_of, load_data,
+                                    resolve_device, seed_everything)
+    from brmrs_pyg.train import make_optimizer
+
+    name = dataset.partition(":")[0]
+    model_name = model_spec.partition(":")[0]
+    config, paths = run_config(dataset, model_spec, opts)
     seed_everything(0)
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -247,11 +276,26 @@ def profile_training(model, optimizer, edges, index, batch_size: int, steps: int
 
 def run_one(dataset: str, model: str, opts: Options) -> dict:
     r""":func:`measure` of one pair in a fresh subprocess (its own peak memory)."""
-    cmd = [sys.executable, __file__, "--one", dataset, model, "--options",
+    return _in_subprocess("--one", dataset, model, opts, f"benchmark of {model} on {dataset}")
+
+
+def prepare_one(dataset: str, model: str, opts: Options) -> dict | None:
+    r""":func:`prepare` in a fresh subprocess, for a dataset whose card generates it (else
+    nothing to do: :obj:`None`)."""
+    from brmrs_pyg.data.folder import dataset_card
+
+    name, _, data_dir = dataset.partition(":")
+    if dataset_card(name, data_dir, ROOT / "datasets").generator is None:
+        return None
+    return _in_subprocess("--prepare", dataset, model, opts, f"generating {dataset}")
+
+
+def _in_subprocess(flag: str, dataset: str, model: str, opts: Options, what: str) -> dict:
+    cmd = [sys.executable, __file__, flag, dataset, model, "--options",
            json.dumps(asdict(opts))]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
-        sys.exit(f"benchmark of {model} on {dataset} failed:\n{done.stderr[-3000:]}")
+        sys.exit(f"{what} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -316,11 +360,13 @@ def scale_runs(args: argparse.Namespace, opts: Options) -> list[dict]:
     rows: list[dict] = []
     for scale in args.scale:
         base = None
+        scaled = Options(**{**asdict(opts), "generator": scaled_generator(card.generator, scale)})
+        # generated before the models, in its own process: not in the first model's memory
+        prepare_one(args.scale_dataset, args.models[0], scaled)
         for model in args.models:
             with tempfile.TemporaryDirectory(prefix="bench-cache-") as empty:
                 row = run_one(args.scale_dataset, model, Options(**{
-                    **asdict(opts), "generator": scaled_generator(card.generator, scale),
-                    "cache_dir": opts.cache_dir or empty}))
+                    **asdict(scaled), "cache_dir": opts.cache_dir or empty}))
             row["scale"] = scale
             base = base or row
             add_ratios(row, base)
@@ -380,11 +426,14 @@ def main() -> None:
                         help="measure nothing: print the tables (and plot) of the rows an "
                              "earlier --out wrote")
     parser.add_argument("--one", nargs=2, metavar=("DATASET", "MODEL"), help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", nargs=2, metavar=("DATASET", "MODEL"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--options", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
-    if args.one:
-        print(json.dumps(measure(*args.one, Options(**json.loads(args.options)))))
+    if args.one or args.prepare:
+        work = measure if args.one else prepare
+        print(json.dumps(work(*(args.one or args.prepare), Options(**json.loads(args.options)))))
         return
     if args.from_json:
         args.out = None
@@ -399,6 +448,7 @@ def main() -> None:
         rows = []
         for dataset in args.datasets:
             base = None
+            prepare_one(dataset, args.models[0], opts)
             for model in args.models:
                 row = run_one(dataset, model, opts)
                 base = base or row

@@ -1,5 +1,7 @@
 """The benchmark's own logic (benchmarks/): floors, their timing and ratios, the --scale sizes
 and the fitted exponent of a cost curve."""
+import argparse
+import json
 import math
 import os
 import subprocess
@@ -16,6 +18,7 @@ from brmrs_pyg.recommenders import MODELS
 from tiny_models import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import benchmark  # noqa: E402
 import floors  # noqa: E402
 import scaling  # noqa: E402
 
@@ -198,3 +201,40 @@ def test_plot_writes_a_png_with_matplotlib(tmp_path):
             for m in ("lightgcn", "brmrs") for s in (0.5, 1, 2)]
     assert scaling.plot(rows, tmp_path / "p.png") == f"plot written to {tmp_path / 'p.png'}"
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_scale_runs_generate_each_scale_before_measuring_any_model(monkeypatch, tmp_path):
+    # the first model's process used to generate the data too, so its peak memory was the
+    # generator's: each scale must be generated, in its own process, before any model runs
+    events = []
+
+    def fake_prepare(dataset, model, opts):
+        events.append(("prepare", opts.generator))
+
+    def fake_run(dataset, model, opts):
+        assert ("prepare", opts.generator) in events, "measured before it was generated"
+        events.append((model, opts.generator))
+        return {"seconds_per_epoch": 1.0, "cpu_seconds_per_epoch": 1.0,
+                "seconds_per_eval": 1.0, "model": model}
+
+    monkeypatch.setattr(benchmark, "prepare_one", fake_prepare)
+    monkeypatch.setattr(benchmark, "run_one", fake_run)
+    monkeypatch.setattr(benchmark, "report", lambda row: None)
+    args = argparse.Namespace(scale=[0.5, 2], scale_dataset="synthetic_sports",
+                              models=["lightgcn", "brmrs"], out=None)
+    benchmark.scale_runs(args, benchmark.Options())
+    half, double = "num_users=17799,num_items=9178", "num_users=71196,num_items=36714"
+    assert events == [("prepare", half), ("lightgcn", half), ("brmrs", half),
+                      ("prepare", double), ("lightgcn", double), ("brmrs", double)]
+
+
+def test_prepare_generates_a_synthetic_folder_in_its_own_process(tmp_path):
+    folder = tmp_path / "gen"
+    opts = benchmark.Options(generator="num_users=120,num_items=90")
+    done = benchmark.prepare_one(f"synthetic_tiny:{folder}", "lightgcn", opts)
+    assert done["prepare_s"] > 0 and done["peak_rss_mb"] > 0
+    stamp = json.loads((folder / "generator.json").read_text())
+    assert (stamp["num_users"], stamp["num_items"]) == (120, 90)
+    assert (folder / "synthetic_tiny.inter").is_file()
+    # a dataset that is read, not generated, needs nothing
+    assert benchmark.prepare_one(f"lfm2k:{tmp_path / 'absent'}", "lightgcn", opts) is None
