@@ -234,7 +234,7 @@ def time_evaluation(model, valid, opts: Options, dev) -> dict:
 
         with torch.no_grad():
             user, item = model()
-        op = eval_floor(user, item, valid.users.numel(), valid.chunk_size, max(valid.ks) + 1)
+        op = eval_floor(user, item, valid.users.numel(), valid.chunk_rows, max(valid.ks) + 1)
         # two runs, no warm-up (the evaluation above was one): at 4x Sports a run takes
         # minutes on a CPU
         out["eval_floor_s"], out["eval_floor_cpu_s"] = time_op(

@@ -89,7 +89,8 @@ class RunConfig:
     min_epochs: int = option(0, "epochs trained before early stopping (or a search's "
                                 "pruner) may end a run")
     valid_metric: str = option("recall@20", "metric for early stopping and model selection")
-    eval_batch_size: int = option(4096, "users scored at once during full-ranking evaluation")
+    eval_batch_size: int = option(4096, "users scored at once during full-ranking evaluation "
+                                        "(on CPU at most as many as fit 32 MiB of scores)")
     knn_k: int = option(10, "neighbours per item in each modality's item-item kNN graph")
     ii_recipe: str = option("cosine", "item-item graph recipe: 'cosine' (one kNN graph per "
                                       "modality) or 'mixed' (co-interaction overlap and cosine)")

@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from brmrs_pyg.allocator import rows_per_block
 from brmrs_pyg.config import METRIC_NAMES, TOPKS
 from brmrs_pyg.interactions import PairIndex
 
@@ -97,7 +98,9 @@ class Evaluator:
     Args:
         train (PairIndex): Training interactions (masked from the ranking).
         heldout (PairIndex): The split's interactions (the relevant items).
-        chunk_size (int, optional): Users scored at once. (default: :obj:`4096`)
+        chunk_size (int, optional): Users scored at once, at most; on a CPU fewer where
+            their scores would pass 32 MiB (:attr:`chunk_rows`,
+            :func:`~brmrs_pyg.allocator.rows_per_block`). (default: :obj:`4096`)
         ks (tuple, optional): Cut-offs. (default: :obj:`(5, 10, 20, 50)`)
         candidates (Tensor, optional): The only items ranked, ids of shape :math:`(C,)`; every
             held-out item must be one. (default: :obj:`None`, all items)
@@ -114,6 +117,10 @@ class Evaluator:
         self.train = train
         self.heldout = heldout
         self.chunk_size = chunk_size
+        #: Users scored at once: ``chunk_size``, fewer on a CPU (a chunk's float scores
+        #: at most 32 MiB, which the allocator reuses from chunk to chunk).
+        self.chunk_rows = rows_per_block(chunk_size, 4 * train.num_items,
+                                         cpu=heldout.col.device.type == "cpu")
         self.ks = ks
         eligible = (heldout.degree() > 0) & (train.degree() > 0)
         self.users = torch.nonzero(eligible).view(-1)
@@ -139,8 +146,8 @@ class Evaluator:
         sums = {f"{m}@{k}": 0.0 for m in METRICS for k in self.ks}
         rows_of: dict[str, list[Tensor]] = {key: [] for key in sums}
         ties, tops = 0, []
-        for start in range(0, self.users.numel(), self.chunk_size):
-            users = self.users[start:start + self.chunk_size]
+        for start in range(0, self.users.numel(), self.chunk_rows):
+            users = self.users[start:start + self.chunk_rows]
             scores = scorer(users).float()
             if scores.shape != (users.numel(), num_items):
                 raise ValueError(f"scorer returned shape {tuple(scores.shape)}, expected "

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from brmrs_pyg.allocator import rows_per_block
 from brmrs_pyg.config import Config
 from brmrs_pyg.data.errors import DataError
 from brmrs_pyg.data.idmaps import IdMap, IdMaps, read_id_maps
@@ -134,7 +135,9 @@ class TrainedModel:
         data (InteractionData): Its dataset; its training interactions are the seen items.
         config (Config, optional): The run's config. (default: :obj:`None`)
         id_maps (IdMaps, optional): Raw keys of the ids. (default: :obj:`None`, none)
-        chunk_size (int, optional): Users scored at once. (default: :obj:`4096`)
+        chunk_size (int, optional): Users scored at once (for top lists, on a CPU at most as
+            many as fit 32 MiB of scores: :func:`~brmrs_pyg.allocator.rows_per_block`).
+            (default: :obj:`4096`)
     """
 
     def __init__(self, model: Recommender, data: InteractionData, config: Config | None = None,
@@ -280,8 +283,11 @@ class TrainedModel:
         :math:`|\mathcal{I}|` on): those are never seen items."""
         items, scores = [], []
         excluded = None  # made once, at the width of the scorer's first chunk
-        for lo in range(0, users.numel(), self.chunk_size):
-            chunk = users[lo:lo + self.chunk_size]
+        # on a CPU, chunks whose scores the allocator reuses (as the evaluator's)
+        rows = rows_per_block(self.chunk_size, 4 * self.data.num_items,
+                              cpu=self.device.type == "cpu")
+        for lo in range(0, users.numel(), rows):
+            chunk = users[lo:lo + rows]
             s = scorer(chunk).float()
             if candidates is not None and excluded is None:
                 excluded = outside(candidates, s.size(1), s.device)

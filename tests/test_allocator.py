@@ -50,3 +50,12 @@ def test_glibc_accepts_the_settings(no_user_settings):
     if allocator._libc() is None:
         pytest.skip("no mallopt in this C library")
     assert reuse_freed_memory()
+
+
+def test_rows_per_block_keeps_a_cpu_block_at_or_under_the_mapping_threshold():
+    row = 4 * 18357  # a Sports-size row of float scores
+    rows = allocator.rows_per_block(4096, row)
+    assert rows * row <= MMAP_THRESHOLD < (rows + 1) * row
+    assert allocator.rows_per_block(100, row) == 100  # fewer rows than fit: all of them
+    assert allocator.rows_per_block(4096, MMAP_THRESHOLD + 1) == 1  # one row too wide: one
+    assert allocator.rows_per_block(4096, row, cpu=False) == 4096  # a GPU: as asked

@@ -160,3 +160,22 @@ def test_candidates_must_hold_every_heldout_item():
     train = to_index({0: {0}}, 1, 5)
     with pytest.raises(ValueError, match="held-out item 4 is not a candidate"):
         Evaluator(train, to_index({0: {3, 4}}, 1, 5), candidates=torch.tensor([1, 2, 3]))
+
+
+def test_cpu_chunks_keep_their_scores_under_the_mapping_threshold(monkeypatch):
+    # a chunk's scores at most MMAP_THRESHOLD bytes, so the allocator reuses them: with a
+    # threshold of two users' scores (2 x 30 floats) chunk_size=100 scores 2 users at a time,
+    # and the metrics are those of the per-user loop
+    from brmrs_pyg import allocator
+
+    monkeypatch.setattr(allocator, "MMAP_THRESHOLD", 2 * 30 * 4 + 3)
+    scores, train, heldout = random_case(5)
+    ks = (1, 5)
+    ev = Evaluator(to_index(train, 9, 30), to_index(heldout, 9, 30), chunk_size=100, ks=ks)
+    assert (ev.chunk_size, ev.chunk_rows) == (100, 2)
+    seen = []
+    result = ev.evaluate(lambda users: seen.append(users.numel()) or scores[users])
+    assert seen == [2, 2, 2, 1]  # the 7 evaluated users
+    expected = naive_metrics(scores, train, heldout, ks)
+    for key, value in expected.items():
+        assert result.metrics[key] == pytest.approx(value, abs=1e-6), key
