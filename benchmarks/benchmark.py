@@ -282,10 +282,15 @@ def run_one(dataset: str, model: str, opts: Options) -> dict:
 def prepare_one(dataset: str, model: str, opts: Options) -> dict | None:
     r""":func:`prepare` in a fresh subprocess, for a dataset whose card generates it (else
     nothing to do: :obj:`None`)."""
+    from brmrs_pyg.data.errors import DataError
     from brmrs_pyg.data.folder import dataset_card
 
     name, _, data_dir = dataset.partition(":")
-    if dataset_card(name, data_dir, ROOT / "datasets").generator is None:
+    try:
+        card = dataset_card(name, data_dir, ROOT / "datasets")
+    except DataError as err:
+        sys.exit(f"dataset {dataset}: {err}")
+    if card.generator is None:
         return None
     return _in_subprocess("--prepare", dataset, model, opts, f"generating {dataset}")
 

@@ -238,3 +238,8 @@ def test_prepare_generates_a_synthetic_folder_in_its_own_process(tmp_path):
     assert (folder / "synthetic_tiny.inter").is_file()
     # a dataset that is read, not generated, needs nothing
     assert benchmark.prepare_one(f"lfm2k:{tmp_path / 'absent'}", "lightgcn", opts) is None
+
+
+def test_an_unknown_dataset_stops_with_the_reason_not_a_traceback():
+    with pytest.raises(SystemExit, match="dataset nonexistent: no dataset card"):
+        benchmark.prepare_one("nonexistent", "lightgcn", benchmark.Options())
