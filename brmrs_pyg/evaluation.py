@@ -119,8 +119,7 @@ class Evaluator:
         self.chunk_size = chunk_size
         #: Users scored at once: ``chunk_size``, fewer on a CPU (a chunk's float scores
         #: at most 32 MiB, which the allocator reuses from chunk to chunk).
-        self.chunk_rows = rows_per_block(chunk_size, 4 * train.num_items,
-                                         cpu=heldout.col.device.type == "cpu")
+        self.chunk_rows = score_chunk_rows(chunk_size, train.num_items, heldout.col.device)
         self.ks = ks
         eligible = (heldout.degree() > 0) & (train.degree() > 0)
         self.users = torch.nonzero(eligible).view(-1)
@@ -182,6 +181,13 @@ class Evaluator:
                           users=self.users if return_topk or return_per_user else None,
                           topk=torch.cat(tops) if return_topk and tops else None,
                           per_user=per_user)
+
+
+def score_chunk_rows(chunk_size: int, num_items: int, device: torch.device) -> int:
+    r"""Users to score at once against ``num_items`` items on ``device``: ``chunk_size``, and
+    on a CPU no more than fit 32 MiB of float scores, so that each chunk reuses the memory
+    the last one freed (:func:`~brmrs_pyg.allocator.rows_per_block`)."""
+    return rows_per_block(chunk_size, 4 * num_items, cpu=device.type == "cpu")
 
 
 def outside(candidates: Tensor, num_items: int, device: torch.device) -> Tensor:

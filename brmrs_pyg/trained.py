@@ -42,12 +42,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from brmrs_pyg.allocator import rows_per_block
 from brmrs_pyg.config import Config
 from brmrs_pyg.data.errors import DataError
 from brmrs_pyg.data.idmaps import IdMap, IdMaps, read_id_maps
 from brmrs_pyg.data.mmrec import InteractionData
-from brmrs_pyg.evaluation import Evaluator, Scorer, mask_scores, outside, ranked_lists
+from brmrs_pyg.evaluation import (Evaluator, Scorer, mask_scores, outside, ranked_lists,
+                                  score_chunk_rows)
 from brmrs_pyg.interactions import PairIndex
 from brmrs_pyg.pipeline import Paths, data_dir_of
 from brmrs_pyg.recommenders.base import Recommender
@@ -136,7 +136,7 @@ class TrainedModel:
         config (Config, optional): The run's config. (default: :obj:`None`)
         id_maps (IdMaps, optional): Raw keys of the ids. (default: :obj:`None`, none)
         chunk_size (int, optional): Users scored at once (for top lists, on a CPU at most as
-            many as fit 32 MiB of scores: :func:`~brmrs_pyg.allocator.rows_per_block`).
+            many as fit 32 MiB of scores: :func:`~brmrs_pyg.evaluation.score_chunk_rows`).
             (default: :obj:`4096`)
     """
 
@@ -283,9 +283,7 @@ class TrainedModel:
         :math:`|\mathcal{I}|` on): those are never seen items."""
         items, scores = [], []
         excluded = None  # made once, at the width of the scorer's first chunk
-        # on a CPU, chunks whose scores the allocator reuses (as the evaluator's)
-        rows = rows_per_block(self.chunk_size, 4 * self.data.num_items,
-                              cpu=self.device.type == "cpu")
+        rows = score_chunk_rows(self.chunk_size, self.data.num_items, self.device)
         for lo in range(0, users.numel(), rows):
             chunk = users[lo:lo + rows]
             s = scorer(chunk).float()
